@@ -140,8 +140,8 @@ class ObjectiveConfig:
     name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only).",
                       choices=["aware", "sft", "pg"])
     lambda_pg: float = field(1.0, "λ_pg: weight of the PG term.", ge=0.0)
-    kl_coef: float = field(0.0, "Coefficient of a KL penalty to the reference model (0: off).", ge=0.0)
-    clip_eps: Optional[float] = field(None, "PPO-style ratio clip against the sampling policy (None: off).", gt=0.0)
+    kl_coef: float = field(0.0, "KL penalty to the reference model on the samples (0: off; LoRA only: the "
+                                "reference is the base with adapters disabled).", ge=0.0)
 
 
 @dataclass
@@ -169,6 +169,7 @@ class TrainerConfig:
     max_steps: int = field(100, "Optimizer steps.", ge=1)
     batch_size: int = field(4, "Prompts per optimizer step (each sampled k times).", ge=1)
     grad_accum: int = field(1, "Micro-batches per step (batch_size is split into this many).", ge=1)
+    logprob_batch: int = field(16, "Sequences per forward pass when computing log-probs.", ge=1)
     lr: float = field(1e-4, "Peak learning rate (AdamW).", ge=0.0)
     weight_decay: float = field(0.0, "AdamW weight decay.", ge=0.0)
     warmup_steps: int = field(0, "Linear warm-up steps before the cosine decay.", ge=0)

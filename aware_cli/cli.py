@@ -1,0 +1,182 @@
+"""The `aware` command line (Typer). Thin: each command composes a config and calls the pipeline."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aware_cli import __version__
+from aware_cli.errors import AwareError
+
+app = typer.Typer(
+    name="aware",
+    help="Alignment-aware fine-tuning (AWARE): learn a task while keeping the model safe and truthful.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+T = TypeVar("T")
+
+OVERRIDES_HELP = ("recipe=NAME (a recipe in recipes/ or a path to a YAML file) followed by Hydra overrides: "
+                  "k=8 gate.tau_mu=0.6 +data.limit=100 model=tiny")
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"aware {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Alignment-aware fine-tuning (AWARE): learn a task while keeping the model safe and truthful."""
+    _state["debug"] = debug
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body: user errors become one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except AwareError as e:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130)
+
+
+def split_recipe(args: List[str]) -> Tuple[str, List[str]]:
+    """Pull `recipe=NAME` out of the override list."""
+    recipes = [a for a in args if a.startswith("recipe=")]
+    if len(recipes) != 1:
+        raise AwareError("give exactly one recipe=NAME (see `aware recipes ls`)")
+    return recipes[0].split("=", 1)[1], [a for a in args if not a.startswith("recipe=")]
+
+
+@app.command(context_settings=EXTRA_ARGS)
+def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False)) -> None:
+    """Fine-tune a model with a recipe.
+
+    Example: aware train recipe=alpaca k=8 gate.tau_mu=0.7 trainer.max_steps=200 output_dir=runs/a
+    """
+
+    def body() -> None:
+        from aware_cli.config import compose
+        from aware_cli.pipeline.train import run_training
+
+        recipe, rest = split_recipe(list(overrides or []))
+        composed = compose(recipe, rest)
+        run_dir = run_training(composed, console)
+        console.print(f"[bold green]run directory:[/] {run_dir}")
+
+    _guard(body)
+
+
+@app.command(context_settings=EXTRA_ARGS)
+def validate(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False)) -> None:
+    """Compose and type-check a recipe, print the resolved config; loads no model or data.
+
+    Example: aware validate recipe=alpaca gate.tau_mu=0.6
+    """
+
+    def body() -> None:
+        import yaml
+
+        from aware_cli.config import compose
+
+        recipe, rest = split_recipe(list(overrides or []))
+        composed = compose(recipe, rest)
+        console.print(yaml.safe_dump(composed.resolved, sort_keys=False, allow_unicode=True), highlight=False,
+                      markup=False)
+        err_console.print(f"[green]ok:[/] {composed.recipe_path}")
+
+    _guard(body)
+
+
+@recipes_app.command("ls")
+def recipes_ls() -> None:
+    """Table of the shipped recipes: name, description, model, data."""
+
+    def body() -> None:
+        from aware_cli.config import compose, list_recipes, recipe_description
+
+        table = Table("name", "description", "model", "data")
+        for path in list_recipes():
+            config = compose(str(path)).config
+            table.add_row(path.stem, recipe_description(path).get("description", ""), config.model.name_or_path,
+                          config.data.path)
+        console.print(table)
+
+    _guard(body)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. alpaca.")) -> None:
+    """Print a recipe file as shipped (before composition).
+
+    Example: aware recipes show alpaca
+    """
+
+    def body() -> None:
+        from aware_cli.config import resolve_recipe
+
+        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False)
+
+    _guard(body)
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: str = typer.Argument(..., help="Recipe name, e.g. alpaca."),
+    dest: Path = typer.Argument(..., help="Where to write the copy, e.g. my_recipe.yaml."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DEST if it exists."),
+) -> None:
+    """Copy a recipe to edit it; train it with `aware train recipe=DEST.yaml`.
+
+    Example: aware recipes cp alpaca my_alpaca.yaml
+    """
+
+    def body() -> None:
+        from aware_cli.config import resolve_recipe
+
+        if dest.exists() and not force:
+            raise AwareError(f"{dest} exists (use --force to overwrite)")
+        shutil.copyfile(resolve_recipe(name), dest)
+        console.print(f"copied {name} → {dest}")
+
+    _guard(body)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as e:  # a bug, not bad input: one line unless --debug
+        if _state["debug"] or "--debug" in sys.argv:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
+                          highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

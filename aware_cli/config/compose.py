@@ -1,0 +1,154 @@
+"""Compose a recipe with Hydra (defaults lists over config groups) and validate it.
+
+Recipes are YAML files in `recipes/` (or any path); the config groups `model/`, `data/`,
+`verifier/`, `gate/`, `objective/`, `trainer/` live beside them. Value overrides are checked
+against the schema *before* Hydra sees them, so a typo gets "did you mean" instead of a Hydra
+trace, and both `data.limit=3` and `+data.limit=3` work whether or not the recipe sets the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from aware_cli.config.schema import AwareConfig
+from aware_cli.config.validate import build, mapping_keys, schema_keys, suggest
+from aware_cli.errors import ConfigError
+
+GROUPS = ("model", "data", "verifier", "gate", "objective", "trainer")
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: the repo's `recipes/` (editable install) or the copy inside the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "recipes", here / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("cannot find the recipes directory (reinstall aware-cli)")
+
+
+def list_recipes() -> List[Path]:
+    return sorted(p for p in recipes_dir().glob("*.yaml"))
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """A recipe name (`alpaca`) or a path to a YAML file."""
+    path = Path(recipe).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in recipe:
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        return path.resolve()
+    candidate = recipes_dir() / f"{recipe}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = [p.stem for p in list_recipes()]
+    raise ConfigError(f"unknown recipe '{recipe}'{suggest(recipe, names)} (see `aware recipes ls`)")
+
+
+def recipe_description(path: Path) -> Dict[str, Any]:
+    """Top-level fields of a recipe file without composing it (for `aware recipes ls`)."""
+    return _load_yaml(path) or {}
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from e
+
+
+@dataclass
+class Composed:
+    config: AwareConfig
+    resolved: Dict[str, Any]  # the plain dict written to the run's config.yaml
+    recipe_path: Path
+
+
+def _split_overrides(overrides: List[str]) -> Tuple[List[str], List[str]]:
+    """Group selections (`model=tiny`) stay Hydra's; value overrides become `++key=value` after a schema check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    valid = schema_keys(AwareConfig)
+    free = tuple(k + "." for k in mapping_keys(AwareConfig))
+    groups, values = [], []
+    for text in overrides:
+        try:
+            (ov,) = parser.parse_overrides([text])
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot parse override '{text}': {str(e).splitlines()[0]}") from e
+        key = ov.key_or_group
+        if key in GROUPS and not text.startswith("+") and not ov.is_delete():
+            groups.append(text)
+            continue
+        if key.split(".")[0] == "hydra":
+            raise ConfigError(f"override '{text}': hydra.* keys are not configurable in aware")
+        if key not in valid and not key.startswith(free):
+            raise ConfigError(f"unknown config key '{key}'{suggest(key, valid)}")
+        values.append(text if ov.is_delete() else "++" + text.lstrip("+"))
+    return groups, values
+
+
+def compose(recipe: str, overrides: Optional[List[str]] = None) -> Composed:
+    """Compose `recipe` with `overrides` and validate it into an `AwareConfig`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = resolve_recipe(recipe)
+    _load_yaml(path)  # YAML syntax errors with file:line before Hydra wraps them
+    group_overrides, value_overrides = _split_overrides(list(overrides or []))
+    search = [f"hydra.searchpath=[file://{recipes_dir()}]"] if path.parent != recipes_dir() else []
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+            cfg = hydra_compose(config_name=path.stem, overrides=search + group_overrides + value_overrides)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"{path.name}: {_first_line(e)}") from e
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    plain.pop("defaults", None)
+    plain["recipe"] = path.stem
+    config = build(AwareConfig, plain)
+    check_consistency(config)
+    return Composed(config=config, resolved=_to_plain(config), recipe_path=path)
+
+
+def _first_line(e: Exception) -> str:
+    """Hydra's message on one line, keeping its list of available options."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if any(line.startswith("Available options") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options")) + 1
+        options = [line for line in lines[start:] if not line.startswith(("Config search path", "provider="))]
+        return f"{lines[0]} (available: {', '.join(options)})"
+    return lines[0]
+
+
+def _to_plain(config: AwareConfig) -> Dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+def check_consistency(cfg: AwareConfig) -> None:
+    """Constraints that involve several keys."""
+    if cfg.trainer.batch_size % cfg.trainer.grad_accum:
+        raise ConfigError(f"trainer.batch_size ({cfg.trainer.batch_size}) must be a multiple of "
+                          f"trainer.grad_accum ({cfg.trainer.grad_accum})")
+    if cfg.gate.abstain and cfg.gate.tau_abstain > cfg.gate.tau_mu:
+        raise ConfigError(f"gate.tau_abstain ({cfg.gate.tau_abstain}) must not exceed gate.tau_mu ({cfg.gate.tau_mu})")
+    if cfg.gate.abstain and not cfg.gate.refusals:
+        raise ConfigError("gate.refusals: needs at least one refusal target when gate.abstain is true")
+    if cfg.verifier.name == "python" and not cfg.verifier.target:
+        raise ConfigError("verifier.target: the python verifier needs a dotted path `module:function`")

@@ -1,0 +1,91 @@
+"""Stage 3: gate each prompt from the mean μ and spread σ of its k verifier scores.
+
+AWARE-ALGORITHM.md steps 2-5 and 7. Everything here is plain arithmetic on lists of scores,
+so it can be unit-tested with hand-computed values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from aware_cli.config.schema import GateConfig
+
+SFT, PG, ABSTAIN = "sft", "pg", "abstain"
+
+
+@dataclass
+class GroupGate:
+    """The gate's decision for one prompt."""
+
+    mu: Optional[float]  # None when no sample could be judged
+    sigma: Optional[float]
+    beta: float  # weight of the PG term in (1 − β)·L_SFT + β·λ_pg·L_PG
+    regime: str  # sft | pg | abstain
+    advantages: List[float]  # one per sample; 0 for samples the verifier could not judge
+    zero_std: bool  # σ == 0: every advantage is 0 and the PG term vanishes
+
+
+def group_stats(scores: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and population std of the judged scores (None scores are excluded)."""
+    judged = [s for s in scores if s is not None]
+    if not judged:
+        return None, None
+    mu = sum(judged) / len(judged)
+    sigma = math.sqrt(sum((s - mu) ** 2 for s in judged) / len(judged))
+    return mu, sigma
+
+
+def advantages(scores: Sequence[Optional[float]], mu: Optional[float], sigma: Optional[float],
+               epsilon: float) -> List[float]:
+    """A_i = (r_i − μ)/(σ + ε); exactly 0 when σ = 0 (no signal) and for unjudged samples."""
+    if mu is None or sigma is None or sigma == 0.0:
+        return [0.0] * len(scores)
+    return [0.0 if s is None else (s - mu) / (sigma + epsilon) for s in scores]
+
+
+def soft_beta(mu: float, sigma: float, cfg: GateConfig) -> float:
+    """β = sigmoid((τ_μ − μ)/T) · (1 − exp(−σ/λ_σ))."""
+    z = (cfg.tau_mu - mu) / cfg.temperature
+    sigmoid = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return sigmoid * (1.0 - math.exp(-sigma / cfg.lambda_sigma))
+
+
+def hard_beta(mu: float, sigma: float, cfg: GateConfig) -> float:
+    """β = 1 if μ < τ_μ and σ ≥ τ_σ else 0."""
+    return 1.0 if (mu < cfg.tau_mu and sigma >= cfg.tau_sigma) else 0.0
+
+
+def is_abstain(mu: float, sigma: float, cfg: GateConfig) -> bool:
+    """Consistently misaligned: μ ≤ τ_abstain and σ ≤ τ_σ."""
+    return cfg.abstain and mu <= cfg.tau_abstain and sigma <= cfg.tau_sigma
+
+
+def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float = 1.0,
+               objective: str = "aware") -> GroupGate:
+    """Decide β and the regime for one prompt. `dual` is λ of the Lagrangian gate (1 otherwise)."""
+    mu, sigma = group_stats(scores)
+    adv = advantages(scores, mu, sigma, cfg.epsilon)
+    zero_std = sigma is not None and sigma == 0.0
+    if mu is None or sigma is None:  # nothing judged: fall back to plain SFT on y*
+        return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std)
+    if objective == "pg":
+        return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
+    if is_abstain(mu, sigma, cfg):
+        return GroupGate(mu, sigma, 0.0, ABSTAIN, adv, zero_std)
+    if cfg.mode == "hard":
+        beta = hard_beta(mu, sigma, cfg)
+    else:
+        beta = soft_beta(mu, sigma, cfg)
+        if cfg.mode == "lagrangian":
+            beta = min(1.0, beta * dual)
+    regime = PG if beta >= cfg.pg_threshold or (cfg.mode == "hard" and beta > 0) else SFT
+    return GroupGate(mu, sigma, beta, regime, adv, zero_std)
+
+
+def update_dual(dual: float, mean_mu: Optional[float], cfg: GateConfig) -> float:
+    """λ ← max(0, λ + η(τ_μ − μ̄)): grows while the batch is below the alignment target."""
+    if mean_mu is None:
+        return dual
+    return max(0.0, dual + cfg.dual_lr * (cfg.tau_mu - mean_mu))

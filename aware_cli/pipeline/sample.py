@@ -1,0 +1,72 @@
+"""Stage 1: sample k responses per prompt from the current policy, all B×k in one batched call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from aware_cli.config.schema import SamplingConfig
+from aware_cli.pipeline.logprobs import pack_left
+
+
+@dataclass
+class Samples:
+    """k responses for each of B prompts: `ids[b][j]` (ending at EOS if generated) and `texts[b][j]`."""
+
+    ids: List[List[List[int]]]
+    texts: List[List[str]]
+    num_tokens: int  # generated tokens, EOS included
+
+
+def cut_at_eos(tokens: List[int], eos_ids: Sequence[int], pad_id: int) -> List[int]:
+    """Keep tokens up to and including the first EOS; drop trailing padding."""
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return tokens[: i + 1]
+    while tokens and tokens[-1] == pad_id:
+        tokens = tokens[:-1]
+    return tokens
+
+
+def eos_token_ids(model, tokenizer) -> List[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
+             do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
+             device: torch.device) -> Samples:
+    """Generate `num_return` responses for each prompt in one `generate` call (prompts left-padded)."""
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    repeated = [list(p) for p in prompts for _ in range(num_return)]
+    ids, attn = pack_left(repeated, pad_id, device)
+    eos = eos_token_ids(model, tokenizer)
+    if seed is not None:
+        torch.manual_seed(seed)  # sampling depends only on (seed, step): exact resume
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(
+        do_sample=False, temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                         eos_token_id=eos, **sampling)
+    if was_training:
+        model.train()
+    new = out[:, ids.shape[1]:].tolist()
+    flat = [cut_at_eos(t, eos, pad_id) for t in new]
+    texts = tokenizer.batch_decode(flat, skip_special_tokens=True)
+    grouped_ids = [flat[b * num_return:(b + 1) * num_return] for b in range(len(prompts))]
+    grouped_texts = [[t.strip() for t in texts[b * num_return:(b + 1) * num_return]] for b in range(len(prompts))]
+    return Samples(grouped_ids, grouped_texts, sum(len(t) for t in flat))
+
+
+def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: SamplingConfig, *, seed: int,
+           device: torch.device) -> Samples:
+    """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
+    return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device)

@@ -1,0 +1,166 @@
+"""The training loop: load everything, run `train_step` max_steps times, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from aware_cli.config import Composed
+from aware_cli.config.schema import AwareConfig
+from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids, load_examples, split_examples
+from aware_cli.models import base_model_path, count_parameters, load_model, save_model, trainable_parameters
+from aware_cli.models.checkpoint import load_trainable_state
+from aware_cli.pipeline import rundir
+from aware_cli.pipeline.evaluate import evaluate
+from aware_cli.pipeline.step import Policy, train_step
+from aware_cli.pipeline.update import build_optimizer, build_scheduler
+from aware_cli.verifiers import build_verifier
+
+
+def batch_for_step(step: int, num_examples: int, batch_size: int, seed: int) -> List[int]:
+    """Indices of the step's batch: consecutive slices of per-epoch seeded permutations.
+
+    A pure function of the step, so a resumed run sees exactly the data it would have seen.
+    """
+    indices = []
+    position = step * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(position, num_examples)
+        order = list(range(num_examples))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        take = min(batch_size - len(indices), num_examples - offset)
+        indices.extend(order[offset:offset + take])
+        position += take
+    return indices
+
+
+def encode_examples(cfg: AwareConfig, tokenizer, examples: List[Example]):
+    """Chat-formatted prompt ids and EOS-terminated target ids for every example, plus truncation counts."""
+    stats = TruncationStats()
+    prompts, targets = {}, {}
+    for ex in examples:
+        prompts[ex.id], cut_p = build_prompt_ids(tokenizer, ex.prompt, chat_template=cfg.model.chat_template,
+                                                 system_prompt=cfg.model.system_prompt,
+                                                 max_tokens=cfg.data.max_prompt_tokens,
+                                                 history=ex.meta.get("history"))
+        targets[ex.id], cut_r = build_response_ids(tokenizer, ex.response, max_tokens=cfg.data.max_response_tokens)
+        stats.prompts += cut_p
+        stats.responses += cut_r
+    return prompts, targets, stats
+
+
+def run_training(composed: Composed, console: Optional[Console] = None, *, base_dir: Optional[Path] = None) -> Path:
+    """Train the recipe; returns the run directory."""
+    console = console or Console()
+    cfg = composed.config
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else rundir.default_output_dir(cfg.recipe)
+    run_dir = rundir.prepare(run_dir, composed.resolved, resume=cfg.resume, overwrite=cfg.overwrite)
+    rundir.set_status(run_dir, "running")
+    try:
+        _train(cfg, run_dir, console, base_dir)
+    except KeyboardInterrupt:
+        rundir.set_status(run_dir, "interrupted")
+        raise
+    except BaseException as e:
+        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    rundir.set_status(run_dir, "completed")
+    return run_dir
+
+
+def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional[Path]) -> None:
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    torch.manual_seed(cfg.trainer.seed)
+    examples = load_examples(cfg.data, base_dir=base_dir)
+    train_set, eval_set = split_examples(examples, cfg.data.eval_size)
+    console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
+
+    model, tokenizer = load_model(cfg.model)
+    device = next(model.parameters()).device
+    trainable, total = count_parameters(model)
+    console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters)")
+    prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
+    if truncated.prompts or truncated.responses:
+        console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
+                      f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
+    refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
+                   for r in cfg.gate.refusals]
+
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, cfg.trainer)
+    scheduler = build_scheduler(optimizer, cfg.trainer)
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(cfg.verifier),
+                    optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
+                    target_ids=target_ids, refusal_ids=refusal_ids,
+                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0)
+
+    start = 0
+    ckpt = rundir.resolve_resume(run_dir, cfg.resume)
+    if ckpt is not None:
+        load_trainable_state(model, ckpt)
+        state = rundir.load_training_state(ckpt, optimizer, scheduler)
+        start, policy.dual = state["step"], state["dual"]
+        console.print(f"resumed from {ckpt} at step {start}")
+    rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
+    rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
+
+    base = base_model_path(cfg.model)
+
+    def save_weights(path: Path) -> None:
+        save_model(model, tokenizer, path, base_model_path=base)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    model.train()
+    with SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) as tb, \
+            open(run_dir / "metrics.jsonl", "a") as metrics_file, \
+            open(run_dir / "samples.jsonl", "a") as samples_file, _progress(console) as progress:
+        task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
+        for step in range(start, cfg.trainer.max_steps):
+            batch = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size,
+                                                          cfg.trainer.seed)]
+            metrics, records = train_step(policy, batch, step)
+            done = step + 1
+            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps:
+                metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
+                                        cfg.eval, device))
+            _log(metrics, records, metrics_file, samples_file, tb)
+            if cfg.trainer.save_every and done % cfg.trainer.save_every == 0 and done < cfg.trainer.max_steps:
+                rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
+                                       {"step": done, "dual": policy.dual})
+            progress.update(task, advance=1, info=_progress_info(metrics))
+            if done % cfg.trainer.log_every == 0 and not console.is_terminal:
+                console.print(f"step {done}/{cfg.trainer.max_steps} {_progress_info(metrics)}")
+    final = rundir.save_checkpoint(run_dir, cfg.trainer.max_steps, save_weights, optimizer, scheduler,
+                                   {"step": cfg.trainer.max_steps, "dual": policy.dual})
+    final_dir = rundir.write_dir_atomic(run_dir / "final", save_weights)
+    console.print(f"final weights: {final_dir} (checkpoint {final.name})")
+
+
+def _log(metrics: Dict[str, Any], records: List[Dict[str, Any]], metrics_file, samples_file, tb) -> None:
+    metrics_file.write(json.dumps(metrics) + "\n")
+    metrics_file.flush()
+    for record in records:
+        samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    samples_file.flush()
+    for key, value in metrics.items():
+        if key != "step" and isinstance(value, (int, float)):
+            tb.add_scalar(key, value, metrics["step"])
+
+
+def _progress_info(m: Dict[str, Any]) -> str:
+    mu = "-" if m.get("mu_mean") is None else f"{m['mu_mean']:.2f}"
+    return f"loss {m['loss']:.3f} μ {mu} β {m['beta_mean']:.2f} abstain {m['frac_abstain']:.2f}"
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)

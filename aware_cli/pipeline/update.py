@@ -1,0 +1,108 @@
+"""Stage 4: the gated per-sample loss, its backward pass, and the optimizer/schedule.
+
+Per input x (AWARE-ALGORITHM.md step 6):
+    L(x) = (1 − β)·L_SFT(x) + β·λ_pg·L_PG(x)
+    L_SFT = −mean_t log π(y_t)            over the target y (y* or a refusal)
+    L_PG  = −(1/k) Σ_i A_i · mean_t log π(ŷ_i,t)
+Batch loss = mean over inputs. Both terms are linear in per-sequence length-normalised
+log-probs, so every sequence gets one weight and the backward pass runs in chunks of
+`trainer.logprob_batch` sequences; sequences whose weight is 0 are never forwarded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+
+from aware_cli.config.schema import TrainerConfig
+from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
+
+
+@dataclass
+class WeightedSequence:
+    """One sequence of the update: prompt ids + response ids and its weight in the batch loss."""
+
+    prompt: List[int]
+    response: List[int]
+    weight: float  # d(batch loss)/d(mean log-prob): negative, since raising log-prob lowers the loss
+    is_sample: bool = False  # a sampled response (KL applies) rather than an SFT target
+
+
+@dataclass
+class UpdateResult:
+    loss: float  # the batch loss whose gradient was accumulated
+    loss_kl: float
+    logprobs: Dict[int, float]  # index in `sequences` -> its length-normalised log-prob (forwarded ones only)
+    tokens: int  # non-padding tokens forwarded
+
+
+def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples: int, pad_id: int,
+                        device: torch.device, chunk: int, kl_coef: float = 0.0) -> UpdateResult:
+    """Accumulate gradients of Σ weight·mean_logprob (+ KL) in chunks; no optimizer step.
+
+    Sequences with weight 0 (σ = 0 groups, β = 0 samples) are skipped unless the KL term needs them.
+    `num_samples` (B·k) normalises the KL penalty to a mean over sampled responses.
+    """
+    active = [i for i, s in enumerate(sequences) if s.weight != 0.0 or (kl_coef > 0 and s.is_sample)]
+    logprobs: Dict[int, float] = {}
+    loss_value, kl_value, tokens = 0.0, 0.0, 0
+    for start in range(0, len(active), chunk):
+        index = active[start:start + chunk]
+        part = [sequences[i] for i in index]
+        logp, mask = token_logprobs(model, [s.prompt for s in part], [s.response for s in part], pad_id, device)
+        lp = mean_logprob(logp, mask)
+        weights = torch.tensor([s.weight for s in part], device=lp.device, dtype=lp.dtype)
+        loss = (weights * lp).sum()
+        if kl_coef > 0:
+            kl = _k3_kl(model, part, logp, mask, pad_id, device).sum() / num_samples
+            loss = loss + kl_coef * kl
+            kl_value += float(kl.detach())
+        if loss.requires_grad:
+            loss.backward()
+        loss_value += float(loss.detach())
+        tokens += int(mask.sum()) + sum(len(s.prompt) for s in part)
+        logprobs.update(zip(index, lp.detach().tolist()))
+    return UpdateResult(loss=loss_value, loss_kl=kl_value, logprobs=logprobs, tokens=tokens)
+
+
+def _k3_kl(model, part, logp, mask, pad_id, device) -> torch.Tensor:
+    """Per-sequence mean of the k3 estimator exp(r) − r − 1, r = log π_ref − log π, on sample tokens only."""
+    is_sample = torch.tensor([s.is_sample for s in part], device=logp.device, dtype=logp.dtype)
+    with torch.no_grad(), model.disable_adapter():
+        ref_logp, _ = token_logprobs(model, [s.prompt for s in part], [s.response for s in part], pad_id, device)
+    r = (ref_logp - logp) * mask
+    k3 = (torch.exp(r) - r - 1.0) * mask
+    return k3.sum(-1) / mask.sum(-1).clamp(min=1.0) * is_sample
+
+
+def build_optimizer(params, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    fused = bool(params) and params[0].is_cuda
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to lr, then cosine decay to lr·min_lr_ratio at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_and_step(model_params, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Clip (if enabled), step, zero grads; returns the pre-clip gradient norm."""
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model_params, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model_params if p.grad is not None]))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)

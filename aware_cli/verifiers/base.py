@@ -1,0 +1,184 @@
+"""The verifier contract, the `Verifier` wrapper that enforces it, and the registry.
+
+A verifier is a TRL-style reward function::
+
+    fn(prompts: list[str], completions: list[str], **kwargs) -> list[float | None]
+
+one score in [0, 1] per completion (1 = aligned), None where it cannot judge. The pipeline
+passes the per-row kwargs `harmful` (list[Optional[bool]]), `references` (list[str]) and
+`ids` (list[str]); a verifier must accept and ignore the ones it does not use.
+
+`Verifier` wraps such a function: it batches the calls, checks every result against the
+contract (raising `VerifierError` with a one-line message) and caches scores by hash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from aware_cli.config.schema import VerifierConfig
+from aware_cli.errors import AwareError, ConfigError
+
+RewardFn = Callable[..., Sequence[Optional[float]]]
+Factory = Callable[[VerifierConfig], Union["Verifier", RewardFn]]
+
+VERIFIERS: Dict[str, Factory] = {}
+
+
+class VerifierError(AwareError):
+    """A verifier returned something that breaks the contract (wrong length, not a score in [0, 1])."""
+
+
+def register_verifier(name: str) -> Callable[[Factory], Factory]:
+    """Decorator: register `factory(cfg: VerifierConfig) -> Verifier` under `verifier.name=<name>`."""
+
+    def decorator(factory: Factory) -> Factory:
+        previous = VERIFIERS.get(name)
+        # Re-importing the same module may register again; a different factory under a taken name is a bug.
+        if previous is not None and _qualified_name(previous) != _qualified_name(factory):
+            raise ValueError(f"verifier {name!r} is already registered by {_qualified_name(previous)}")
+        VERIFIERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def build_verifier(cfg: VerifierConfig) -> "Verifier":
+    """The `Verifier` named by `cfg.name`, built from `cfg`."""
+    factory = VERIFIERS.get(cfg.name)
+    if factory is None:
+        raise ConfigError(_unknown_name_message(cfg.name))
+    built = factory(cfg)
+    if isinstance(built, Verifier):
+        return built
+    # Third-party factories may return the bare reward function; wrap it with the config's settings.
+    return Verifier(built, name=cfg.name, batch_size=cfg.batch_size, cache=cfg.cache)
+
+
+class Verifier:
+    """A reward function with batching, contract checks and a score cache.
+
+    `stats` counts: `calls` (invocations of the wrapped function), `scored` (responses it scored),
+    `cached_hits` (responses answered from the cache, including duplicates within one call) and
+    `none` (None scores returned to the caller).
+    """
+
+    def __init__(self, fn: RewardFn, *, name: str, batch_size: int = 64, cache: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.fn = fn
+        self.name = name
+        self.batch_size = batch_size
+        self.cache_enabled = cache
+        self._cache: Dict[str, Optional[float]] = {}
+        self.stats: Dict[str, int] = {"calls": 0, "scored": 0, "cached_hits": 0, "none": 0}
+
+    def __repr__(self) -> str:
+        return f"Verifier(name={self.name!r}, batch_size={self.batch_size}, cache={self.cache_enabled})"
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> List[Optional[float]]:
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"verifier {self.name!r}: {len(prompts)} prompts but {n} completions")
+        # A list-valued kwarg as long as the batch holds one value per response; anything else is shared.
+        per_item = {k: v for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) == n}
+        shared = {k: v for k, v in kwargs.items() if k not in per_item}
+
+        scores: List[Optional[float]] = [None] * n
+        keys = [self._key(prompts[i], completions[i], per_item, shared, i) for i in range(n)]
+        todo = self._indices_to_score(keys, scores)
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            for i, score in zip(batch, self._score_batch(prompts, completions, per_item, shared, batch)):
+                scores[i] = score
+                if self.cache_enabled:
+                    self._cache[keys[i]] = score
+        if self.cache_enabled:
+            self._fill_duplicates(keys, scores, todo)
+
+        self.stats["none"] += sum(score is None for score in scores)
+        return scores
+
+    def _indices_to_score(self, keys: List[str], scores: List[Optional[float]]) -> List[int]:
+        """Indices that need the wrapped function; cache hits are written into `scores` now."""
+        if not self.cache_enabled:
+            return list(range(len(keys)))
+        todo, pending = [], set()
+        for i, key in enumerate(keys):
+            if key in self._cache:
+                scores[i] = self._cache[key]
+                self.stats["cached_hits"] += 1
+            elif key in pending:
+                self.stats["cached_hits"] += 1  # a repeat within this call; filled after scoring
+            else:
+                pending.add(key)
+                todo.append(i)
+        return todo
+
+    def _fill_duplicates(self, keys: List[str], scores: List[Optional[float]], scored: List[int]) -> None:
+        scored_set = set(scored)
+        for i, key in enumerate(keys):
+            if i not in scored_set and key in self._cache:
+                scores[i] = self._cache[key]
+
+    def _score_batch(self, prompts, completions, per_item, shared, batch: List[int]) -> List[Optional[float]]:
+        batch_kwargs = {k: [v[i] for i in batch] for k, v in per_item.items()}
+        result = self.fn([prompts[i] for i in batch], [completions[i] for i in batch], **batch_kwargs, **shared)
+        self.stats["calls"] += 1
+        self.stats["scored"] += len(batch)
+        return self._checked(result, batch)
+
+    def _checked(self, result: Any, batch: List[int]) -> List[Optional[float]]:
+        """`result` as a list of floats/None, or VerifierError naming the verifier and the bad item."""
+        if isinstance(result, (str, bytes)) or not hasattr(result, "__len__"):
+            raise VerifierError(
+                f"verifier {self.name!r} returned {type(result).__name__}, expected a list of scores")
+        result = list(result)
+        if len(result) != len(batch):
+            raise VerifierError(
+                f"verifier {self.name!r} returned {len(result)} scores for {len(batch)} responses")
+        return [self._checked_score(value, index) for value, index in zip(result, batch)]
+
+    def _checked_score(self, value: Any, index: int) -> Optional[float]:
+        if value is None:
+            return None
+        if hasattr(value, "item") and not isinstance(value, numbers.Number):
+            value = value.item()  # 0-d numpy/torch values
+        if isinstance(value, bool):
+            return 1.0 if value else 0.0
+        if not isinstance(value, numbers.Real):
+            raise VerifierError(
+                f"verifier {self.name!r} returned {value!r} ({type(value).__name__}) for response {index}; "
+                "expected a number in [0, 1] or None")
+        score = float(value)
+        if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            raise VerifierError(
+                f"verifier {self.name!r} returned {score!r} for response {index}; expected a number in [0, 1] or None")
+        return score
+
+    @staticmethod
+    def _key(prompt: str, completion: str, per_item: Dict[str, Sequence], shared: Dict[str, Any], i: int) -> str:
+        payload = [prompt, completion, sorted((k, v[i]) for k, v in per_item.items()), sorted(shared.items())]
+        text = json.dumps(payload, default=repr, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _qualified_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _unknown_name_message(name: str) -> str:
+    choices = sorted(VERIFIERS)
+    message = f"verifier.name: unknown verifier {name!r} (choose from: {', '.join(choices)})"
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message

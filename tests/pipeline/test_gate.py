@@ -1,0 +1,68 @@
+"""Gate, advantages and abstention at hand-computed (μ, σ) points (AWARE-ALGORITHM.md steps 2-5, 7)."""
+
+import math
+
+import pytest
+
+from aware_cli.config.schema import GateConfig
+from aware_cli.pipeline.gate import (ABSTAIN, PG, SFT, advantages, gate_group, group_stats, hard_beta, soft_beta,
+                                     update_dual)
+
+
+def test_group_stats_population_std_and_none_excluded():
+    assert group_stats([1.0, 0.0, 1.0, 0.0]) == (0.5, 0.5)
+    assert group_stats([1.0, None, 0.0]) == (0.5, 0.5)
+    assert group_stats([None, None]) == (None, None)
+
+
+def test_advantages_normalised_and_zero_when_no_spread():
+    a = advantages([1.0, 0.0, 1.0, 0.0], 0.5, 0.5, 1e-4)
+    assert a == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 0.5 / 0.5001, -0.5 / 0.5001])
+    assert advantages([0.7, 0.7, 0.7], 0.7, 0.0, 1e-4) == [0.0, 0.0, 0.0]
+    assert advantages([1.0, None, 0.0], 0.5, 0.5, 1e-4)[1] == 0.0
+
+
+@pytest.mark.parametrize("mu, sigma, expected", [
+    (0.8, 0.1, 0.5 * (1 - math.exp(-1))),                       # on the τ_μ boundary: half the sigmoid
+    (0.5, 0.5, 1 / (1 + math.exp(-6)) * (1 - math.exp(-5))),     # (0.8-0.5)/0.05 = 6
+    (1.0, 0.0, 0.0),                                             # no spread: no PG
+    (0.95, 0.2, 1 / (1 + math.exp(3)) * (1 - math.exp(-2))),     # aligned on average: little PG
+])
+def test_soft_beta_values(mu, sigma, expected):
+    assert soft_beta(mu, sigma, GateConfig()) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("mu, sigma, expected", [(0.5, 0.2, 1.0), (0.9, 0.3, 0.0), (0.5, 0.05, 0.0), (0.5, 0.1, 1.0)])
+def test_hard_beta_values(mu, sigma, expected):
+    assert hard_beta(mu, sigma, GateConfig(mode="hard")) == expected
+
+
+def test_regimes():
+    cfg = GateConfig()
+    assert gate_group([0.0, 0.0, 0.0, 0.0], cfg).regime == ABSTAIN          # μ=0, σ=0
+    assert gate_group([0.1, 0.1, 0.3, 0.3], cfg).regime == ABSTAIN          # μ=0.2, σ=0.1: on both boundaries
+    assert gate_group([0.1, 0.1, 0.35, 0.35], cfg).regime != ABSTAIN        # σ=0.125 > τ_σ
+    mixed = gate_group([0.0, 0.0, 0.0, 1.0], cfg)                            # μ=0.25, σ=0.433
+    assert mixed.regime == PG
+    assert mixed.beta == pytest.approx(1 / (1 + math.exp(-11)) * (1 - math.exp(-math.sqrt(3) / 4 / 0.1)))
+    aligned = gate_group([1.0, 1.0, 1.0, 1.0], cfg)
+    assert (aligned.regime, aligned.beta, aligned.zero_std) == (SFT, 0.0, True)
+    assert gate_group([0.0] * 4, GateConfig(abstain=False)).regime == SFT   # abstention off: σ=0 → β=0
+    assert gate_group([0.0, 0.0], cfg, objective="pg").beta == 1.0
+    unjudged = gate_group([None, None], cfg)
+    assert (unjudged.mu, unjudged.regime, unjudged.beta) == (None, SFT, 0.0)
+
+
+def test_abstained_input_has_no_pg_weight():
+    gate = gate_group([0.0, 0.0, 0.1, 0.1], GateConfig())
+    assert gate.regime == ABSTAIN and gate.beta == 0.0
+
+
+def test_lagrangian_dual_scales_beta_and_updates():
+    cfg = GateConfig(mode="lagrangian", dual_lr=0.01)
+    assert gate_group([0.0, 0.0, 0.0, 1.0], cfg, dual=0.0).beta == 0.0
+    half = gate_group([0.0, 0.0, 0.0, 1.0], cfg, dual=0.5).beta
+    assert half == pytest.approx(0.5 * soft_beta(0.25, math.sqrt(3) / 4, cfg))
+    assert update_dual(0.0, 0.5, cfg) == pytest.approx(0.003)
+    assert update_dual(0.001, 1.0, cfg) == 0.0
+    assert update_dual(0.2, None, cfg) == 0.2
