@@ -89,6 +89,8 @@ class DataConfig:
     input_field: Optional[str] = field("input", "Optional column appended to the prompt (alpaca: input).")
     response_field: str = field("output", "Column holding the reference response y*.")
     label_field: Optional[str] = field(None, "Optional boolean column: the prompt is harmful (passed to verifiers).")
+    label_default: Optional[bool] = field(None, "Harmful label of every row when label_field is unset "
+                                                "(false: a benign task such as Alpaca; null: unknown).")
     split: str = field("train", "Split name for HF datasets.")
     limit: Optional[int] = field(None, "Use only the first N rows (after shuffling).", ge=1)
     shuffle: bool = field(True, "Shuffle rows before `limit` and the train/eval split.")

@@ -268,7 +268,7 @@ def _row_reader(cfg: DataConfig, rows: list[dict]) -> PairReader:
 def _make_example(cfg: DataConfig, source: _Source, index: int, row: dict, to_pair: PairReader) -> Example:
     try:
         prompt, response, meta = to_pair(cfg, row)
-        harmful = _harmful_label(cfg.label_field, row)
+        harmful = _harmful_label(cfg.label_field, row, cfg.label_default)
     except _RowProblem as problem:
         raise DataError(f"{source.where(index)}: {problem}") from None
     used = {cfg.prompt_field, cfg.input_field, cfg.response_field, cfg.label_field, MESSAGES_FIELD}
@@ -335,9 +335,9 @@ def _missing_field(row: dict, name: str) -> _RowProblem:
     return _RowProblem(f"missing field '{name}' (fields present: {present})")
 
 
-def _harmful_label(label_field: Optional[str], row: dict) -> Optional[bool]:
+def _harmful_label(label_field: Optional[str], row: dict, default: Optional[bool]) -> Optional[bool]:
     if not label_field:
-        return None
+        return default
     if label_field not in row:  # absent from every row: most likely a typo in data.label_field
         raise _missing_field(row, label_field)
     return _is_truthy_label(row[label_field])

@@ -1,0 +1,251 @@
+"""Load the model and tokenizer named by `ModelConfig`, ready for training or generation.
+
+`model.name_or_path` may be `embedded:<name>`, `tiny`, a `.gguf` file, a local model
+directory or a Hugging Face Hub id; see `load_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from ..config.schema import ModelConfig
+from ..errors import ModelError
+from .embedded import embedded_model_dir, embedded_tokenizer_dir, load_gguf
+
+EMBEDDED_PREFIX = "embedded:"
+TINY = "tiny"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; otherwise cpu, cuda, cuda:N (or mps)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in _DEVICE_TYPES:
+        raise ModelError(f"model.device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not _cuda_index_available(device.index):
+        raise ModelError(f"model.device: {name} requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("model.device: mps requested but it is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on cuda (float16 where bf16 is unsupported) and float32 elsewhere."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in _DTYPES:
+        raise ModelError(f"model.dtype: unknown dtype {name!r} (use auto, {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer of `cfg` (or `cfg.tokenizer`), padding on the left, with a pad token."""
+    if cfg.tokenizer:
+        where = _locate(cfg.tokenizer, None, key="model.tokenizer", need_weights=False)
+    else:
+        where = _locate(cfg.name_or_path, cfg.gguf_file, key="model.name_or_path", need_weights=False)
+    return _load_tokenizer(where, cfg)
+
+
+def load_model(cfg: ModelConfig, *, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+               for_training: bool = True):
+    """(model, tokenizer) for `cfg`, on `device` in `dtype` (default: from cfg.device / cfg.dtype).
+
+    With `for_training`, the model is in train mode (callers switch to eval to sample) and
+    wrapped in a LoRA adapter when `cfg.finetune == "lora"`; without it, it is in eval mode
+    with every weight frozen (for a reference model or generation only).
+    """
+    device = resolve_device(cfg.device) if device is None else device
+    dtype = resolve_dtype(cfg.dtype, device) if dtype is None else dtype
+    model, tokenizer = _load_base(cfg, dtype)
+    _set_generation_ids(model, tokenizer)
+    model.to(device=device, dtype=dtype)
+    if not for_training:
+        model.eval().requires_grad_(False)
+        return model, tokenizer
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing also works when the frozen embeddings emit no grad (LoRA).
+        # The KV cache stays on: transformers skips it in training forwards, generation needs it.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.finetune == "lora":
+        model = _apply_lora(model, cfg)
+    model.train()
+    return model, tokenizer
+
+
+def trainable_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:
+    """The parameters the optimizer should update."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: torch.nn.Module) -> Tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# ----------------------------------------------------------------------------- where the model is
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Arguments for `from_pretrained`: a directory or Hub id, and a GGUF file inside it if any."""
+
+    source: str
+    key: str  # the config key that named it, for error messages
+    gguf_file: Optional[str] = None
+    local: bool = True
+
+
+def _locate(name_or_path: str, gguf_file: Optional[str], *, key: str, need_weights: bool) -> _Location:
+    """Resolve an embedded name, `tiny` (tokenizer only), .gguf file, directory or Hub id."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        name = name_or_path[len(EMBEDDED_PREFIX):]
+        # The tokenizer-only export takes ~4 s the first time, the full model ~25 s.
+        return _Location(str(embedded_model_dir(name) if need_weights else embedded_tokenizer_dir(name)), key)
+    if name_or_path == TINY:  # tiny's weights are built in code; it borrows the embedded tokenizer
+        return _Location(str(embedded_tokenizer_dir()), key)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _locate_local(path.resolve(), gguf_file, key=key, need_weights=need_weights)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.endswith(".gguf"):
+        raise ModelError(f"{key}: {name_or_path} does not exist")
+    return _Location(name_or_path, key, gguf_file, local=False)
+
+
+def _locate_local(path: Path, gguf_file: Optional[str], *, key: str, need_weights: bool) -> _Location:
+    if path.is_file() and path.suffix == ".gguf":
+        return _Location(str(path.parent), key, path.name)
+    if path.is_dir() and gguf_file:
+        if not (path / gguf_file).is_file():
+            raise ModelError(f"model.gguf_file: {path / gguf_file} does not exist")
+        return _Location(str(path), key, gguf_file)
+    markers = ("config.json",) if need_weights else ("config.json", "tokenizer_config.json", "tokenizer.json")
+    if path.is_dir() and any((path / marker).is_file() for marker in markers):
+        return _Location(str(path), key)
+    what = "model directory or GGUF file" if need_weights else "tokenizer directory or GGUF file"
+    raise ModelError(f"{key}: {path} is not a {what}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_base(cfg: ModelConfig, dtype: torch.dtype):
+    """(model, tokenizer) before device placement, LoRA and the training switches."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.name_or_path == TINY:
+        tokenizer = load_tokenizer(cfg)
+        return _build_tiny(cfg, tokenizer), tokenizer
+    where = _locate(cfg.name_or_path, cfg.gguf_file, key="model.name_or_path", need_weights=True)
+    revision = None if where.local else cfg.revision
+    gguf_tokenizer = None
+    if where.gguf_file:
+        model, gguf_tokenizer = _from_pretrained(load_gguf, where, gguf_file=where.gguf_file, revision=revision,
+                                                 trust_remote_code=cfg.trust_remote_code)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, where, revision=revision, dtype=dtype,
+                                 trust_remote_code=cfg.trust_remote_code)
+    if cfg.tokenizer:
+        return model, load_tokenizer(cfg)
+    if gguf_tokenizer is not None:
+        return model, _prepare_tokenizer(gguf_tokenizer)
+    return model, _load_tokenizer(where, cfg)
+
+
+def _load_tokenizer(where: _Location, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, where, gguf_file=where.gguf_file,
+                                 revision=None if where.local else cfg.revision,
+                                 trust_remote_code=cfg.trust_remote_code)
+    return _prepare_tokenizer(tokenizer)
+
+
+def _prepare_tokenizer(tokenizer):
+    """Pad with EOS when there is no pad token; pad on the left so generation continues the prompt."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _from_pretrained(load, where: _Location, **kwargs):
+    """`load(where.source, **kwargs)`, turning the many ways a load fails into one ModelError line."""
+    try:
+        return load(where.source, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        what = where.source if where.local else f"{where.source!r} from the Hugging Face Hub"
+        raise ModelError(f"{where.key}: cannot load {what}: {first_line}") from exc
+
+
+def _build_tiny(cfg: ModelConfig, tokenizer):
+    """A random-init Llama of shape `cfg.tiny`, seeded without touching torch's global RNG."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = cfg.tiny
+    if shape.hidden_size % shape.num_attention_heads:
+        raise ModelError(f"model.tiny.num_attention_heads: {shape.num_attention_heads} does not divide "
+                         f"hidden_size {shape.hidden_size}")
+    if shape.num_attention_heads % shape.num_key_value_heads:
+        raise ModelError(f"model.tiny.num_key_value_heads: {shape.num_key_value_heads} does not divide "
+                         f"num_attention_heads {shape.num_attention_heads}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.hidden_size, num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads, num_key_value_heads=shape.num_key_value_heads,
+        intermediate_size=shape.intermediate_size, max_position_embeddings=shape.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    # The model is built on the CPU, so forking and seeding only the CPU generator suffices.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(shape.seed)
+        return LlamaForCausalLM(config)
+
+
+def _set_generation_ids(model, tokenizer) -> None:
+    """Stop generation at the tokenizer's EOS (as well as the model's own) and pad with its pad id."""
+    generation = model.generation_config
+    candidates = [tokenizer.eos_token_id, *_as_list(generation.eos_token_id)]
+    eos_ids = list(dict.fromkeys(i for i in candidates if i is not None))  # unique, tokenizer's first
+    generation.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    generation.pad_token_id = tokenizer.pad_token_id
+
+
+def _as_list(ids) -> list:
+    if ids is None:
+        return []
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+def _apply_lora(model, cfg: ModelConfig):
+    import peft
+
+    lora = cfg.lora
+    adapter = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        return peft.get_peft_model(model, adapter)
+    except ValueError as exc:
+        first_line = (str(exc).strip().splitlines() or ["no module matched"])[0]
+        raise ModelError(f"model.lora.target_modules: {first_line}") from exc
+
+
+def _cuda_index_available(index: Optional[int]) -> bool:
+    return torch.cuda.is_available() and (index is None or index < torch.cuda.device_count())
