@@ -1,0 +1,188 @@
+"""The CLI in-process: smoke training end to end, resume, validation errors, recipes commands."""
+
+import json
+import math
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from aware_cli import __version__
+from aware_cli.cli import app
+
+METRIC_KEYS = {
+    "step", "loss", "loss_sft", "loss_pg", "beta_mean", "mu_mean", "sigma_mean", "frac_abstain", "frac_pg", "frac_sft",
+    "frac_reward_zero_std", "lr", "tokens_per_s", "timing_s/sample", "timing_s/verify", "timing_s/gate",
+    "timing_s/update",
+}
+SAMPLE_KEYS = {"step", "id", "prompt", "responses", "scores", "mu", "sigma", "beta", "regime"}
+# First-step loss of `recipe=smoke` on CPU, fp32, seed 0 (tiny random Llama, LoRA r8): recorded once, checked forever.
+GOLDEN_FIRST_LOSS = 10.785215377807617
+
+runner = CliRunner()
+
+
+def aware(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One `aware train recipe=smoke` run shared by the tests that only read it."""
+    import os
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parent.parent)
+    try:
+        result = aware("train", "recipe=smoke", f"output_dir={out}")
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_smoke_writes_the_run_directory(smoke_run):
+    out, result = smoke_run
+    assert str(out) in result.output
+    for name in ["config.yaml", "metrics.jsonl", "samples.jsonl", "status.json", "tb", "final", "checkpoints/step-2",
+                 "checkpoints/step-3"]:
+        assert (out / name).exists(), name
+    assert json.loads((out / "status.json").read_text())["state"] == "completed"
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "final" / "adapter_model.safetensors").exists()
+
+
+def test_smoke_metrics_have_every_key_and_finite_losses(smoke_run):
+    metrics = read_jsonl(smoke_run[0] / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert METRIC_KEYS <= set(m)
+        for key in ("loss", "loss_sft", "loss_pg"):
+            assert math.isfinite(m[key])
+    assert "eval_loss_sft" in metrics[1] and "eval_loss_sft" in metrics[2]  # eval.every=2 and after the last step
+
+
+def test_smoke_first_loss_matches_golden_value(smoke_run):
+    first = read_jsonl(smoke_run[0] / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(GOLDEN_FIRST_LOSS, abs=1e-4)
+
+
+def test_smoke_samples_jsonl(smoke_run):
+    records = read_jsonl(smoke_run[0] / "samples.jsonl")
+    assert len(records) == 3 * 2  # steps × batch
+    for r in records:
+        assert SAMPLE_KEYS <= set(r)
+        assert len(r["responses"]) == len(r["scores"]) == 2  # k = 2
+
+
+def test_final_adapter_loads_with_peft(smoke_run):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from aware_cli.config import compose
+    from aware_cli.models import load_model
+
+    base, _ = load_model(compose("smoke").config.model, for_training=False)
+    model = PeftModel.from_pretrained(base, str(smoke_run[0] / "final"))
+    saved = load_file(str(smoke_run[0] / "final" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # trained: B starts at zero
+    logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_resume_from_checkpoint_reproduces_the_next_step(smoke_run, tmp_path, in_project_root):
+    """Drop everything after step 2, resume=auto: step 3 must be logged again, identically."""
+    original = read_jsonl(smoke_run[0] / "metrics.jsonl")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(smoke_run[0], resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-3")
+    shutil.rmtree(resumed / "final")
+    result = aware("train", "recipe=smoke", f"output_dir={resumed}", "resume=auto")
+    assert result.exit_code == 0, result.output
+    again = read_jsonl(resumed / "metrics.jsonl")
+    assert [m["step"] for m in again] == [1, 2, 3]
+    for key in ("loss", "loss_sft", "grad_norm", "lr"):
+        assert again[2][key] == original[2][key], key
+
+
+def test_mixed_verifier_exercises_pg_and_abstention(tmp_path, in_project_root):
+    out = tmp_path / "mixed"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:by_prompt_parity", "k=4", "trainer.batch_size=4",
+                   "trainer.max_steps=2", "eval.every=0")
+    assert result.exit_code == 0, result.output
+    metrics = read_jsonl(out / "metrics.jsonl")
+    records = read_jsonl(out / "samples.jsonl")
+    regimes = {r["regime"] for r in records}
+    assert {"abstain", "pg"} <= regimes
+    assert sum(m["frac_abstain"] for m in metrics) > 0 and sum(m["frac_pg"] for m in metrics) > 0
+    for r in records:
+        if r["regime"] == "abstain":
+            assert r["mu"] == 0.0 and r["beta"] == 0.0
+        if r["regime"] == "pg":
+            assert 0 < r["mu"] < 1 and r["beta"] > 0.5
+    assert any(m["loss_pg"] != 0.0 for m in metrics)
+
+
+def test_sft_objective_samples_nothing(tmp_path, in_project_root):
+    out = tmp_path / "sft"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "objective=sft", "trainer.max_steps=1")
+    assert result.exit_code == 0, result.output
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["mu_mean"] is None and m["frac_sft"] == 1.0 and m["beta_mean"] == 0.0
+    assert m["loss"] == pytest.approx(m["loss_sft"], rel=1e-6)
+
+
+def test_output_dir_holding_a_run_is_refused(smoke_run, in_project_root):
+    result = aware("train", "recipe=smoke", f"output_dir={smoke_run[0]}")
+    assert result.exit_code == 2
+    assert "holds another run" in result.output
+
+
+@pytest.mark.parametrize("override, key", [("gate.tau_mu=abc", "gate.tau_mu"), ("gate.tau_muu=0.5", "gate.tau_muu")])
+def test_validate_bad_key_exits_2_with_one_line(override, key):
+    result = aware("validate", "recipe=alpaca", override)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and key in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_validate_prints_resolved_config():
+    result = aware("validate", "recipe=alpaca", "k=8")
+    assert result.exit_code == 0
+    assert "k: 8" in result.stdout and "tau_mu: 0.8" in result.stdout
+
+
+def test_missing_data_file_is_one_line(tmp_path, in_project_root):
+    result = aware("train", "recipe=smoke", f"output_dir={tmp_path / 'r'}", "data.path=nope/missing.json")
+    assert result.exit_code == 2
+    assert "data.path" in result.stderr and "missing.json" in result.stderr
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "failed"
+
+
+def test_recipes_commands(tmp_path):
+    listing = aware("recipes", "ls")
+    assert listing.exit_code == 0 and "smoke" in listing.output and "alpaca" in listing.output
+    shown = aware("recipes", "show", "smoke")
+    assert shown.exit_code == 0 and "aware train recipe=smoke" in shown.output
+    dest = tmp_path / "mine.yaml"
+    assert aware("recipes", "cp", "smoke", str(dest)).exit_code == 0
+    assert dest.read_text() == shown.output.rstrip("\n") + "\n" or dest.read_text().startswith("# aware train")
+    assert aware("recipes", "cp", "smoke", str(dest)).exit_code == 2  # exists, no --force
+    assert aware("validate", f"recipe={dest}").exit_code == 0
+
+
+def test_version_and_help():
+    assert __version__ in aware("--version").output
+    for command in [[], ["train"], ["validate"], ["recipes"], ["recipes", "ls"], ["recipes", "show"], ["recipes", "cp"]]:
+        result = aware(*command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output, command
