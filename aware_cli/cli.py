@@ -165,7 +165,21 @@ def recipes_cp(
     _guard(body)
 
 
+def _quiet_libraries() -> None:
+    """Our progress bar and messages only: no library download/loading bars or known deprecation noise."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app()
     except SystemExit:

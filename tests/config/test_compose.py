@@ -84,3 +84,12 @@ def test_every_field_is_documented():
                      "gate.tau_abstain", "objective", "trainer.max_steps", "trainer.save_every", "trainer.seed",
                      "trainer.lr", "trainer.batch_size", "output_dir", "resume"]:
         assert required in keys
+
+
+def test_readme_config_reference_is_up_to_date(project_root):
+    import subprocess
+    import sys
+
+    script = project_root / "scripts" / "gen_config_reference.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
