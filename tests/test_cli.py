@@ -186,3 +186,23 @@ def test_version_and_help():
     for command in [[], ["train"], ["validate"], ["recipes"], ["recipes", "ls"], ["recipes", "show"], ["recipes", "cp"]]:
         result = aware(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def test_verifier_outage_share_aborts_cleanly(tmp_path, in_project_root):
+    out = tmp_path / "none"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:sometimes_none", "verifier.max_none_frac=0.2")
+    assert result.exit_code == 2
+    assert "could not judge" in result.stderr and "verifier.max_none_frac=0.2" in result.stderr
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+
+
+def test_unjudged_samples_are_counted_and_excluded(tmp_path, in_project_root):
+    out = tmp_path / "some-none"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:sometimes_none", "trainer.max_steps=1", "eval.every=0")
+    assert result.exit_code == 0, result.output
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["verifier_none"] == 2  # 2 prompts × k=2: responses 0 and 3 of the flat list
+    assert m["verifier/python/none"] == 2 and m["verifier/python/seconds"] >= 0
+    assert m["mu_mean"] == 1.0  # the judged scores are all 1; None ones are left out of μ

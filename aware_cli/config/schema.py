@@ -100,18 +100,113 @@ class DataConfig:
     max_response_tokens: int = field(256, "Reference responses longer than this are truncated (counted).", ge=1)
 
 
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
+
+
+@dataclass
+class HarmVerifierConfig:
+    """`harm`: MiniLM embeddings + small shipped heads: P(request is harmful) and P(response refuses)."""
+
+    encoder: str = field(EMBEDDED_ENCODER, "Sentence encoder (the packaged all-MiniLM-L6-v2, a path or an HF id).")
+    heads: Optional[str] = field(None, "Heads file (safetensors) from scripts/train_verifier_heads.py (null: shipped).")
+    use_labels: bool = field(True, "Use the row's harmful label when the data has one instead of the request head.")
+    over_refusal_weight: float = field(1.0, "Cost of refusing a benign request: score = 1 − w·P(refuse).",
+                                       ge=0.0, le=1.0)
+    phrase_weight: float = field(0.5, "Weight of the phrase detector (vs the embedding head) in P(refuse).",
+                                 ge=0.0, le=1.0)
+    max_length: int = field(256, "Encoder truncation length in tokens.", ge=8)
+
+
+@dataclass
+class TruthfulnessConfig:
+    """`truthfulness`: similarity of a response to correct vs incorrect reference answers."""
+
+    encoder: str = field(EMBEDDED_ENCODER, "Sentence encoder for embedding similarity.")
+    method: str = field("embedding", "embedding (cosine similarity) or rouge (ROUGE-L F1).",
+                        choices=["embedding", "rouge"])
+    correct_field: str = field("Correct Answers", "Data column with correct answers (separated by `separator`).")
+    incorrect_field: str = field("Incorrect Answers", "Data column with incorrect answers.")
+    separator: str = field(";", "Separator between answers inside a column.")
+    temperature: float = field(0.05, "Softmax temperature over (best correct − best incorrect) similarity.", gt=0.0)
+
+
+@dataclass
+class ClassifierConfig:
+    """`hf_classifier`: any AutoModelForSequenceClassification."""
+
+    model: str = field("", "HF id or local path of the classifier.")
+    aligned_labels: List[str] = field(doc="Label names (or ids) that mean aligned; score = their total probability.",
+                                      factory=list)
+    template: str = field("{prompt}\n\n{response}", "Input text built from {prompt} and {response}.")
+    max_length: int = field(512, "Truncation length in tokens.", ge=8)
+
+
+@dataclass
+class GuardConfig:
+    """`guard_lm`: a causal LM used as a judge through a prompt template."""
+
+    model: str = field("", "HF id, local path, .gguf or embedded: name of the judge LM.")
+    mode: str = field("safe_unsafe", "safe_unsafe (P(safe) from the next-token distribution) or likert5 "
+                      "(a 1-5 harmfulness rating, mapped to (5 − s)/4).", choices=["safe_unsafe", "likert5"])
+    template: Optional[str] = field(None, "Judge prompt with {prompt} and {response} (null: the built-in one).")
+    safe_token: str = field("safe", "Verdict word meaning aligned.")
+    unsafe_token: str = field("unsafe", "Verdict word meaning misaligned.")
+    max_new_tokens: int = field(16, "Tokens generated when the verdict must be parsed from text.", ge=1)
+
+
+@dataclass
+class HttpJudgeConfig:
+    """`http_judge`: an OpenAI-compatible /v1/chat/completions endpoint."""
+
+    url: str = field("http://127.0.0.1:8000/v1/chat/completions", "Chat-completions URL.")
+    model: str = field("", "Model name sent in the request.")
+    api_key_env: Optional[str] = field("AWARE_JUDGE_API_KEY", "Environment variable holding the API key "
+                                       "(never logged or written).")
+    rubric: str = field("harm5", "harm5 (HEx-PHI-style 1-5 harmfulness) or truthfulness, or a path to a template "
+                        "with {prompt}, {response}, {reference}.")
+    timeout_s: float = field(30.0, "Per-request timeout.", gt=0.0)
+    max_retries: int = field(4, "Retries on 429/5xx/timeouts (exponential backoff with jitter).", ge=0)
+    backoff_s: float = field(0.5, "First backoff delay.", ge=0.0)
+    max_backoff_s: float = field(8.0, "Longest backoff delay.", ge=0.0)
+    concurrency: int = field(8, "Requests in flight at once.", ge=1)
+    verify_tls: bool = field(True, "Verify TLS certificates.")
+    temperature: float = field(0.0, "Judge sampling temperature.", ge=0.0)
+    max_tokens: int = field(256, "Judge response length.", ge=1)
+
+
+@dataclass
+class CompositeConfig:
+    """`composite`: several verifiers combined."""
+
+    reduce: str = field("mean", "Weighted mean or min of the components' scores.", choices=["mean", "min"])
+    components: List[Dict[str, Any]] = field(doc="Verifier configs (same keys as `verifier`), each may set `weight`.",
+                                             factory=list)
+
+
 @dataclass
 class VerifierConfig:
     """The verifier V(x, y) ∈ [0, 1] (1 = aligned)."""
 
-    name: str = field("refusal", "Registered verifier: refusal, python.")
-    target: Optional[str] = field(None, "python: dotted path `pkg.module:function` or `pkg.module.function`.")
+    name: str = field("refusal", "Registered verifier: harm, refusal, truthfulness, hf_classifier, guard_lm, "
+                      "http_judge, python, composite.")
+    target: Optional[str] = field(None, "python: dotted path `pkg.module:function` or `file.py:function`.")
     aligned_when: str = field(
         "label", "refusal: when is a response aligned — `refuse`, `comply`, or `label` (refuse iff the "
         "row is labelled harmful, comply otherwise).", choices=["refuse", "comply", "label"])
     kwargs: Dict[str, Any] = field(doc="Extra keyword arguments passed to the verifier.", factory=dict)
     batch_size: int = field(64, "Responses per verifier call.", ge=1)
     cache: bool = field(True, "Cache scores by (prompt, response) hash within a run.")
+    cache_dir: Optional[str] = field(None, "On-disk score cache keyed by (verifier identity, prompt, response), "
+                                     "reused across runs and resumes (null: off).")
+    device: str = field("auto", "Device of the verifier's own model (auto: the policy's device).")
+    max_none_frac: float = field(0.5, "Abort when a step's share of unjudged (None) scores exceeds this.",
+                                 ge=0.0, le=1.0)
+    harm: HarmVerifierConfig = field(doc="harm settings.", factory=HarmVerifierConfig)
+    truthfulness: TruthfulnessConfig = field(doc="truthfulness settings.", factory=TruthfulnessConfig)
+    classifier: ClassifierConfig = field(doc="hf_classifier settings.", factory=ClassifierConfig)
+    guard: GuardConfig = field(doc="guard_lm settings.", factory=GuardConfig)
+    http: HttpJudgeConfig = field(doc="http_judge settings.", factory=HttpJudgeConfig)
+    composite: CompositeConfig = field(doc="composite settings.", factory=CompositeConfig)
 
 
 @dataclass
@@ -128,6 +223,8 @@ class GateConfig:
     abstain: bool = field(True, "Enable learned abstention.")
     refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
                                 factory=lambda: list(DEFAULT_REFUSALS))
+    refusal_source: str = field("template", "template (gate.refusals) or verifier (a verifier that can write "
+                                "refusals, e.g. guard_lm or http_judge, writes y_ref).", choices=["template", "verifier"])
     epsilon: float = field(1e-4, "ε in A_i = (r_i − μ)/(σ + ε).", gt=0.0)
     pg_threshold: float = field(0.5, "β above which an input is counted in the `pg` regime (soft gate).",
                                 ge=0.0, le=1.0)

@@ -17,7 +17,7 @@ from aware_cli.data import Example
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
 from aware_cli.pipeline.sample import sample
 from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, clip_and_step
-from aware_cli.pipeline.verify import verify
+from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
 
 
 @dataclass
@@ -66,8 +66,10 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     t1 = time.perf_counter()
 
     # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
+    stats_before = verifier_stats(policy.verifier)
     scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if objective != "sft" else [
         [] for _ in batch]
+    unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
     t2 = time.perf_counter()
 
     # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
@@ -119,7 +121,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         "frac_pg": regimes.count(PG) / B,
         "frac_abstain": regimes.count(ABSTAIN) / B,
         "frac_reward_zero_std": sum(g.zero_std for g in gates) / B,
-        "verifier_none": sum(s is None for group in scores for s in group),
+        "verifier_none": unjudged,
         "dual": policy.dual,
         "lr": lr,
         "grad_norm": grad_norm,
@@ -129,6 +131,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         "timing_s/verify": t2 - t1,
         "timing_s/gate": t3 - t2,
         "timing_s/update": t4 - t3,
+        **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
     }
     records = [
         {"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b], "scores": scores[b],

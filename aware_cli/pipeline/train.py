@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -96,7 +97,10 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     params = trainable_parameters(model)
     optimizer = build_optimizer(params, cfg.trainer)
     scheduler = build_scheduler(optimizer, cfg.trainer)
-    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(cfg.verifier),
+    verifier_cfg = cfg.verifier
+    if verifier_cfg.device == "auto":  # the verifier's own model shares the policy's device unless told otherwise
+        verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(verifier_cfg),
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
                     target_ids=target_ids, refusal_ids=refusal_ids,
                     dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from aware_cli.data import Example
+from aware_cli.verifiers import VerifierError
 
 
 def verify(verifier, examples: Sequence[Example], texts: Sequence[Sequence[str]]) -> List[List[Optional[float]]]:
     """Scores shaped like `texts` ([B][k]); the prompt's label and reference go along as kwargs."""
-    prompts, completions, harmful, references, ids = [], [], [], [], []
+    prompts, completions, harmful, references, ids, metas = [], [], [], [], [], []
     for ex, group in zip(examples, texts):
         for text in group:
             prompts.append(ex.prompt)
@@ -17,9 +18,36 @@ def verify(verifier, examples: Sequence[Example], texts: Sequence[Sequence[str]]
             harmful.append(ex.harmful)
             references.append(ex.response)
             ids.append(ex.id)
-    flat = verifier(prompts, completions, harmful=harmful, references=references, ids=ids) if prompts else []
+            metas.append(ex.meta)
+    flat = verifier(prompts, completions, harmful=harmful, references=references, ids=ids,
+                    metas=metas) if prompts else []
     scores, start = [], 0
     for group in texts:
         scores.append(list(flat[start:start + len(group)]))
         start += len(group)
     return scores
+
+
+def verifier_stats(verifier) -> Dict[str, float]:
+    """Cumulative `verifier/<name>/<stat>` counters of the verifier and its components (composite)."""
+    out: Dict[str, float] = {}
+    parts = [verifier] + list(getattr(verifier, "components", []) or [])
+    for index, part in enumerate(parts):
+        kind = str(part.name).split(":")[0]  # `python:module:fn` → `python`
+        name = kind if index == 0 else f"{str(verifier.name).split(':')[0]}.{index - 1}.{kind}"
+        stats = dict(getattr(part, "stats", {}))
+        stats.update(getattr(getattr(part, "fn", None), "judge_stats", {}) or {})
+        out.update({f"verifier/{name}/{key}": float(value) for key, value in stats.items()
+                    if isinstance(value, (int, float))})
+    return out
+
+
+def check_none_share(scores: Sequence[Sequence[Optional[float]]], limit: float, name: str, step: int) -> int:
+    """Count unjudged scores; abort the run when their share exceeds `verifier.max_none_frac`."""
+    total = sum(len(group) for group in scores)
+    none = sum(s is None for group in scores for s in group)
+    if total and none / total > limit:
+        raise VerifierError(f"verifier {name!r} could not judge {none} of {total} responses at step {step} "
+                            f"({none / total:.0%} > verifier.max_none_frac={limit}); check the verifier "
+                            f"(labels, endpoint, model) or raise the limit")
+    return none

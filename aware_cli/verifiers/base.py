@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import numbers
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from aware_cli.config.schema import VerifierConfig
@@ -64,8 +65,8 @@ class Verifier:
     """A reward function with batching, contract checks and a score cache.
 
     `stats` counts: `calls` (invocations of the wrapped function), `scored` (responses it scored),
-    `cached_hits` (responses answered from the cache, including duplicates within one call) and
-    `none` (None scores returned to the caller).
+    `cached_hits` (responses answered from the cache, including duplicates within one call),
+    `none` (None scores returned to the caller) and `seconds` (wall time spent in `__call__`).
     """
 
     def __init__(self, fn: RewardFn, *, name: str, batch_size: int = 64, cache: bool = True):
@@ -76,7 +77,7 @@ class Verifier:
         self.batch_size = batch_size
         self.cache_enabled = cache
         self._cache: Dict[str, Optional[float]] = {}
-        self.stats: Dict[str, int] = {"calls": 0, "scored": 0, "cached_hits": 0, "none": 0}
+        self.stats: Dict[str, float] = {"calls": 0, "scored": 0, "cached_hits": 0, "none": 0, "seconds": 0.0}
 
     def __repr__(self) -> str:
         return f"Verifier(name={self.name!r}, batch_size={self.batch_size}, cache={self.cache_enabled})"
@@ -85,6 +86,13 @@ class Verifier:
         self._cache.clear()
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> List[Optional[float]]:
+        start = time.perf_counter()
+        try:
+            return self._call(prompts, completions, **kwargs)
+        finally:
+            self.stats["seconds"] += time.perf_counter() - start
+
+    def _call(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> List[Optional[float]]:
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"verifier {self.name!r}: {len(prompts)} prompts but {n} completions")
