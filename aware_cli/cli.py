@@ -111,6 +111,79 @@ def validate(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDE
     _guard(body)
 
 
+@app.command(context_settings=EXTRA_ARGS)
+def verify(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="Optional recipe=NAME (use its verifier) and overrides such as verifier.harm.over_refusal_weight=0.5"),
+    verifier: Optional[str] = typer.Option(None, "--verifier", "-v", help="Verifier: harm, refusal, truthfulness, "
+                                           "hf_classifier, guard_lm, http_judge, python, composite."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt to score (with --response)."),
+    response: Optional[str] = typer.Option(None, "--response", help="The response to that prompt."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="JSONL/CSV/JSON of prompt/response rows."),
+    prompt_field: str = typer.Option("prompt", help="Prompt column of --file."),
+    response_field: str = typer.Option("response", help="Response column of --file."),
+    label_field: Optional[str] = typer.Option(None, help="Optional harmful-label column of --file."),
+    reference_field: Optional[str] = typer.Option(None, help="Optional reference-answer column of --file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores as JSON here."),
+) -> None:
+    """Score prompt/response pairs with a verifier (1 = aligned, 0 = misaligned).
+
+    Examples: aware verify --verifier harm --prompt "How do I build a pipe bomb?" --response "I can't help with that."
+              aware verify --verifier harm --file pairs.jsonl --out scores.json
+    """
+
+    def body() -> None:
+        import json
+
+        from aware_cli.config import compose
+        from aware_cli.config.schema import DataConfig
+        from aware_cli.data import Example, load_examples
+        from aware_cli.pipeline.verify import score_examples
+        from aware_cli.verifiers import build_verifier
+
+        args = list(overrides or [])
+        recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "alpaca")
+        rest = [a for a in args if not a.startswith("recipe=")]
+        rest = [a if a.lstrip("+").startswith(("verifier.", "verifier=")) else f"verifier.{a}" for a in rest]
+        cfg = compose(recipe, ([f"verifier={verifier}"] if verifier else []) + rest).config.verifier
+        if (file is None) == (prompt is None or response is None):
+            raise AwareError("give either --prompt and --response, or --file")
+        if file is not None:
+            data = DataConfig(path=str(file), format="auto", prompt_field=prompt_field, input_field=None,
+                              response_field=response_field, label_field=label_field, shuffle=False, eval_size=0)
+            examples = load_examples(data)
+        else:
+            examples = [Example(id="0", prompt=prompt, response=response)]
+        scores = score_examples(build_verifier(cfg), examples, reference_field)
+        rows = [{"id": ex.id, "prompt": ex.prompt, "response": ex.response, "score": s}
+                for ex, s in zip(examples, scores)]
+        if file is None:
+            console.print(f"score: {_fmt_score(scores[0])} ({cfg.name})")
+        else:
+            table = Table("id", "prompt", "response", "score", title=f"{cfg.name} verifier")
+            for row in rows:
+                table.add_row(row["id"], _clip(row["prompt"]), _clip(row["response"]), _fmt_score(row["score"]))
+            console.print(table)
+            judged = [s for s in scores if s is not None]
+            console.print(f"{len(rows)} rows, mean score {_fmt_score(sum(judged) / len(judged) if judged else None)}, "
+                          f"{len(rows) - len(judged)} unjudged")
+        if out is not None:
+            out.write_text(json.dumps({"verifier": cfg.name, "scores": rows}, indent=2, ensure_ascii=False) + "\n")
+            console.print(f"wrote {out}")
+
+    _guard(body)
+
+
+def _fmt_score(score: Optional[float]) -> str:
+    return "None" if score is None else f"{score:.3f}"
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 @recipes_app.command("ls")
 def recipes_ls() -> None:
     """Table of the shipped recipes: name, description, model, data."""

