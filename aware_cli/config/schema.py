@@ -276,6 +276,9 @@ class TrainerConfig:
     max_grad_norm: float = field(1.0, "Gradient clipping norm (0: off).", ge=0.0)
     seed: int = field(0, "Seed of every RNG (python, numpy, torch, sampler).")
     save_every: int = field(0, "Write a checkpoint every N steps (0: only the final one).", ge=0)
+    keep_last: int = field(3, "Keep the newest N checkpoints (0: keep all).", ge=0)
+    max_nonfinite_steps: int = field(3, "Abort after this many consecutive steps with a non-finite loss or "
+                                        "gradient (each such update is skipped).", ge=1)
     log_every: int = field(1, "Print/log every N steps.", ge=1)
     threads: int = field(0, "CPU threads for torch (0: torch's default).", ge=0)
 

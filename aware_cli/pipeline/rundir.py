@@ -1,18 +1,22 @@
 """The run directory: config.yaml, status.json, metrics.jsonl, samples.jsonl, tb/, checkpoints/, final/.
 
-Checkpoints are written to a temporary directory and renamed into place, so a `checkpoints/step-N`
-directory that exists is complete; a `COMPLETE` marker inside makes that checkable.
+Checkpoints are written into a temporary sibling directory, fsynced, given a `COMPLETE` manifest
+(sha256 of every file) and renamed into place. A checkpoint whose manifest is missing or whose
+files do not match it is never loaded: resume falls back to the previous one with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import yaml
 
@@ -54,63 +58,163 @@ def set_status(run_dir: Path, state: str, **extra: Any) -> None:
     write_atomic(run_dir / "status.json", json.dumps({"state": state, "time": time.time(), **extra}) + "\n")
 
 
-def list_checkpoints(run_dir: Path) -> List[Path]:
-    """Complete checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+# ----------------------------------------------------------------------------- checkpoints
 
 
-def write_dir_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temporary sibling directory with `write(tmp)`, then rename it to `path`."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_dir_atomic(path: Path, write: Callable[[Path], None], *, manifest: Optional[Dict[str, Any]] = None) -> Path:
+    """Fill a temporary sibling directory with `write(tmp)`, fsync it, then rename it to `path`.
+
+    With `manifest`, a `COMPLETE` file listing every file's sha256 is written last.
+    """
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    if manifest is not None:
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / COMPLETE).write_text(json.dumps({**manifest, "files": files}, indent=1) + "\n")
+    _fsync_tree(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
     return path
+
+
+def checkpoint_problem(ckpt: Path) -> Optional[str]:
+    """Why `ckpt` must not be loaded (missing/partial/corrupt), or None when it is complete and intact."""
+    marker = ckpt / COMPLETE
+    if not marker.is_file():
+        return "no COMPLETE manifest (partial write)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return "unreadable COMPLETE manifest"
+    for name, digest in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"missing {name}"
+        if _sha256(path) != digest:
+            return f"checksum mismatch in {name}"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> List[Path]:
+    """Checkpoint directories `checkpoints/step-N` (complete or not), oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def save_checkpoint(run_dir: Path, step: int, save_weights: Callable[[Path], None], optimizer, scheduler,
-                    trainer_state: Dict[str, Any]) -> Path:
-    """checkpoints/step-N: weights (via `save_weights(dir)`), optimizer + scheduler, trainer_state.json."""
+                    trainer_state: Dict[str, Any], keep_last: int = 0) -> Path:
+    """checkpoints/step-N: weights, optimizer + scheduler + RNG tensors, trainer_state.json, manifest."""
 
     def write(tmp: Path) -> None:
         save_weights(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / TRAINING_STATE)
-        (tmp / TRAINER_JSON).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        (tmp / COMPLETE).write_text(f"step {step}\n")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_torch_rng()},
+                   tmp / TRAINING_STATE)
+        state = {**trainer_state, "python_rng": _python_rng()}
+        (tmp / TRAINER_JSON).write_text(json.dumps(state, indent=2) + "\n")
 
-    return write_dir_atomic(run_dir / "checkpoints" / f"step-{step}", write)
-
-
-def load_training_state(ckpt: Path, optimizer, scheduler) -> Dict[str, Any]:
-    """Restore optimizer and scheduler (tensors only, no pickled objects) and return trainer_state.json."""
-    state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return json.loads((ckpt / TRAINER_JSON).read_text())
-
-
-def resolve_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
-    """`auto` → the newest complete checkpoint (None if there is none); a path → that checkpoint."""
-    if not resume:
-        return None
-    if resume == "auto":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / COMPLETE).exists():
-        raise ConfigError(f"resume: {path} is not a complete checkpoint directory")
+    path = write_dir_atomic(run_dir / "checkpoints" / f"step-{step}", write, manifest={"step": step})
+    if keep_last:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
+def load_training_state(ckpt: Path, optimizer, scheduler) -> Dict[str, Any]:
+    """Restore optimizer, scheduler and RNG states (tensors only: weights_only=True, no pickle)."""
+    state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    trainer_state = json.loads((ckpt / TRAINER_JSON).read_text())
+    _restore_python_rng(trainer_state.pop("python_rng", None))
+    return trainer_state
+
+
+def _torch_rng() -> Dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def _python_rng() -> Dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _restore_python_rng(state: Optional[Dict[str, Any]]) -> None:
+    if not state:
+        return
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def resolve_resume(run_dir: Path, resume: Optional[str]) -> Tuple[Optional[Path], List[str]]:
+    """(checkpoint to load, warnings). `auto` → the newest intact checkpoint, skipping broken ones."""
+    if not resume:
+        return None, []
+    if resume != "auto":
+        path = Path(resume)
+        problem = checkpoint_problem(path) if path.is_dir() else "not a directory"
+        if problem:
+            raise ConfigError(f"resume: {path} cannot be loaded: {problem}")
+        return path, []
+    warnings = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt, warnings
+        warnings.append(f"skipping checkpoint {ckpt}: {problem}")
+    return None, warnings
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines logged after `last_step` (they will be logged again when the steps rerun)."""
+    """Drop lines logged after `last_step` (they will be logged again when the steps rerun).
+
+    A torn last line (the process died mid-write) is dropped too.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
     write_atomic(path, "".join(line + "\n" for line in kept))

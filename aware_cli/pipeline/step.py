@@ -92,7 +92,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k), pad_id=policy.tokenizer.pad_token_id,
                                  device=policy.device, chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
     lr = policy.scheduler.get_last_lr()[0]
-    grad_norm = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm)
+    grad_norm, skipped = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm,
+                                       result.loss)
     judged_mu = [g.mu for g in gates if g.mu is not None]
     if cfg.gate.mode == "lagrangian":
         policy.dual = update_dual(policy.dual, sum(judged_mu) / len(judged_mu) if judged_mu else None, cfg.gate)
@@ -125,6 +126,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         "dual": policy.dual,
         "lr": lr,
         "grad_norm": grad_norm,
+        "skipped": skipped,
         "tokens_per_s": (result.tokens + generated) / max(t4 - t0, 1e-9),
         "sample_tokens_per_s": generated / max(t1 - t0, 1e-9),
         "timing_s/sample": t1 - t0,

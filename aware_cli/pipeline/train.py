@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aware_cli.config import Composed
 from aware_cli.config.schema import AwareConfig
+from aware_cli.errors import AwareError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids, load_examples, split_examples
 from aware_cli.models import base_model_path, count_parameters, load_model, save_model, trainable_parameters
 from aware_cli.models.checkpoint import load_trainable_state
@@ -65,7 +69,7 @@ def run_training(composed: Composed, console: Optional[Console] = None, *, base_
     rundir.set_status(run_dir, "running")
     try:
         _train(cfg, run_dir, console, base_dir)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         rundir.set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
@@ -106,7 +110,9 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                     dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0)
 
     start = 0
-    ckpt = rundir.resolve_resume(run_dir, cfg.resume)
+    ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     if ckpt is not None:
         load_trainable_state(model, ckpt)
         state = rundir.load_training_state(ckpt, optimizer, scheduler)
@@ -122,10 +128,16 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
 
     from torch.utils.tensorboard import SummaryWriter
 
+    def checkpoint(done: int) -> Path:
+        return rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
+                                      {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last)
+
     model.train()
+    nonfinite_in_a_row = 0
     with SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) as tb, \
             open(run_dir / "metrics.jsonl", "a") as metrics_file, \
-            open(run_dir / "samples.jsonl", "a") as samples_file, _progress(console) as progress:
+            open(run_dir / "samples.jsonl", "a") as samples_file, _progress(console) as progress, \
+            StopSignals() as stop:
         task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
         for step in range(start, cfg.trainer.max_steps):
             batch = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size,
@@ -136,26 +148,74 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                 metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
                                         cfg.eval, device))
             _log(metrics, records, metrics_file, samples_file, tb)
+            nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
+            if metrics["skipped"]:
+                console.print(f"[yellow]warning:[/] step {done}: non-finite loss or gradient, update skipped")
+            if nonfinite_in_a_row >= cfg.trainer.max_nonfinite_steps:
+                raise NumericalError(f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                                     f"(up to step {done}); lower trainer.lr or check the data "
+                                     f"(trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps})")
             if cfg.trainer.save_every and done % cfg.trainer.save_every == 0 and done < cfg.trainer.max_steps:
-                rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
-                                       {"step": done, "dual": policy.dual})
+                checkpoint(done)
             progress.update(task, advance=1, info=_progress_info(metrics))
             if done % cfg.trainer.log_every == 0 and not console.is_terminal:
                 console.print(f"step {done}/{cfg.trainer.max_steps} {_progress_info(metrics)}")
-    final = rundir.save_checkpoint(run_dir, cfg.trainer.max_steps, save_weights, optimizer, scheduler,
-                                   {"step": cfg.trainer.max_steps, "dual": policy.dual})
+            if stop.signal_name and done < cfg.trainer.max_steps:
+                saved = checkpoint(done)
+                raise RunInterrupted(f"stopped by {stop.signal_name} after step {done}; checkpoint {saved}; resume "
+                                     f"with: aware train recipe={cfg.recipe} output_dir={run_dir} resume=auto")
+    final = checkpoint(cfg.trainer.max_steps)
     final_dir = rundir.write_dir_atomic(run_dir / "final", save_weights)
     console.print(f"final weights: {final_dir} (checkpoint {final.name})")
 
 
+class RunInterrupted(AwareError):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    exit_code = 130
+
+
+class NumericalError(AwareError):
+    """Too many consecutive non-finite losses or gradients."""
+
+    exit_code = 3
+
+
+class StopSignals:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step (a second signal stops at once)."""
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _log(metrics: Dict[str, Any], records: List[Dict[str, Any]], metrics_file, samples_file, tb) -> None:
-    metrics_file.write(json.dumps(metrics) + "\n")
+    metrics_file.write(json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}) + "\n")
     metrics_file.flush()
     for record in records:
         samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
     samples_file.flush()
     for key, value in metrics.items():
-        if key != "step" and isinstance(value, (int, float)):
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
             tb.add_scalar(key, value, metrics["step"])
 
 

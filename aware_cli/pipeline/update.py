@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -96,13 +96,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig) -> tor
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def clip_and_step(model_params, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip (if enabled), step, zero grads; returns the pre-clip gradient norm."""
-    if max_grad_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(model_params, max_grad_norm)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model_params if p.grad is not None]))
-    optimizer.step()
-    scheduler.step()
+def clip_and_step(model_params, optimizer, scheduler, max_grad_norm: float, loss: float) -> Tuple[float, bool]:
+    """Clip, step and zero grads; returns (pre-clip gradient norm, skipped).
+
+    A non-finite loss or gradient norm skips the update (grads are dropped, the schedule does not
+    advance), so one bad batch cannot write NaNs into the weights.
+    """
+    grads = [p.grad for p in model_params if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+    skipped = not (math.isfinite(loss) and math.isfinite(norm))
+    if not skipped:
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model_params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm, skipped
