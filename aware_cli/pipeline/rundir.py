@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,23 @@ def default_output_dir(recipe: str) -> Path:
     return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """The config with values of secret-looking keys (api_key, token, ...) replaced by '***'.
+
+    `*_env` keys name an environment variable, not a secret, and are kept.
+    """
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if value is not None and SECRET_KEY.search(key) and not key.endswith("_env"):
+        return "***"
+    return value
+
+
 def prepare(output_dir: Path, resolved: Dict[str, Any], *, resume: Optional[str], overwrite: bool) -> Path:
     """Create (or reuse, when resuming) the run directory and write config.yaml."""
     holds_run = (output_dir / "config.yaml").exists() or (output_dir / "metrics.jsonl").exists()
@@ -40,7 +58,7 @@ def prepare(output_dir: Path, resolved: Dict[str, Any], *, resume: Optional[str]
                               f"or overwrite=true to replace it)")
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    write_atomic(output_dir / "config.yaml", yaml.safe_dump(redact(resolved), sort_keys=False, allow_unicode=True))
     return output_dir
 
 

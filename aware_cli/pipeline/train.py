@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aware_cli.config import Composed
 from aware_cli.config.schema import AwareConfig
-from aware_cli.errors import AwareError
+from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids, load_examples, split_examples
 from aware_cli.models import base_model_path, count_parameters, load_model, save_model, trainable_parameters
 from aware_cli.models.checkpoint import load_trainable_state
@@ -60,6 +60,16 @@ def encode_examples(cfg: AwareConfig, tokenizer, examples: List[Example]):
     return prompts, targets, stats
 
 
+def check_context(cfg: AwareConfig, model) -> None:
+    """Prompt + response lengths must fit the model's context window."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = cfg.data.max_prompt_tokens + max(cfg.sampling.max_new_tokens, cfg.data.max_response_tokens)
+    if context and longest > context:
+        raise ConfigError(f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + response length "
+                          f"(sampling.max_new_tokens={cfg.sampling.max_new_tokens}, data.max_response_tokens="
+                          f"{cfg.data.max_response_tokens}) = {longest} exceeds the model's context of {context} tokens")
+
+
 def run_training(composed: Composed, console: Optional[Console] = None, *, base_dir: Optional[Path] = None) -> Path:
     """Train the recipe; returns the run directory."""
     console = console or Console()
@@ -91,6 +101,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     device = next(model.parameters()).device
     trainable, total = count_parameters(model)
     console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters)")
+    check_context(cfg, model)
     prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
     if truncated.prompts or truncated.responses:
         console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "

@@ -98,3 +98,11 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
                                keep_last=2)
     assert [p.name for p in rundir.list_checkpoints(tmp_path)] == ["step-3", "step-4"]
     assert rundir.checkpoint_problem(tmp_path / "checkpoints" / "step-4") is None
+
+
+def test_secret_looking_config_values_are_redacted():
+    config = {"verifier": {"kwargs": {"api_key": "sk-123", "Token": "t", "other": 1},
+                           "http": {"api_key_env": "MY_KEY_VAR", "url": "https://x"}}}
+    redacted = rundir.redact(config)
+    assert redacted["verifier"]["kwargs"] == {"api_key": "***", "Token": "***", "other": 1}
+    assert redacted["verifier"]["http"] == {"api_key_env": "MY_KEY_VAR", "url": "https://x"}
