@@ -184,6 +184,65 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@app.command("eval", context_settings=EXTRA_ARGS)
+def eval_command(
+    suite: str = typer.Argument(..., help="advbench, xstest, truthfulqa, hexphi, slaq, task, harmful — or "
+                                "`compare DIR DIR ...`."),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False, help="model=<id|dir|.gguf|run dir> limit=50 verifier=harm data.path=... "
+        "(for compare: the directories)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="compare: write the markdown table here."),
+) -> None:
+    """Evaluate a model on a benchmark suite (offline by default), or compare evaluations.
+
+    Examples: aware eval advbench limit=50
+              aware eval xstest model=runs/alpaca-20261125-101010
+              aware eval hexphi data.path=/data/HEx-PHI verifier=http_judge verifier.http.url=https://...
+              aware eval compare runs/base runs/sft runs/aware --out compare.md
+    """
+
+    def body() -> None:
+        if suite == "compare":
+            _eval_compare([Path(d) for d in overrides or []], out)
+            return
+        from aware_cli.config import compose
+        from aware_cli.config.compose import group_options
+        from aware_cli.config.schema import EvalRunConfig
+        from aware_cli.eval.runner import run_eval
+
+        args = []
+        for arg in overrides or []:  # model=<not a config-group option> names the model itself
+            key, _, value = arg.partition("=")
+            if key == "model" and value not in group_options("model"):
+                arg = f"model.name_or_path={value}"
+            args.append(arg)
+        cfg = compose(suite, args, schema=EvalRunConfig, subdir="eval").config
+        directory, metrics = run_eval(cfg, console)
+        table = Table("metric", "value", title=f"{suite} — {cfg.model.name_or_path}")
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        console.print(table)
+        console.print(f"[bold green]wrote:[/] {directory / 'metrics.json'}, {directory / 'responses.jsonl'}")
+
+    _guard(body)
+
+
+def _eval_compare(directories: List[Path], out: Optional[Path]) -> None:
+    from aware_cli.eval.compare import collect, to_markdown
+
+    if not directories:
+        raise AwareError("give the evaluation directories to compare: aware eval compare DIR1 DIR2 ...")
+    labels, columns = collect(directories)
+    table = Table("metric", *labels, title="aware eval compare")
+    for key in sorted({k for values in columns.values() for k in values}):
+        table.add_row(key, *[_fmt_score(columns[label].get(key)) for label in labels])
+    console.print(table)
+    target = out or Path("eval-compare.md")
+    target.write_text(to_markdown(labels, columns))
+    console.print(f"wrote {target}")
+
+
 @recipes_app.command("ls")
 def recipes_ls() -> None:
     """Table of the shipped recipes: name, description, model, data."""

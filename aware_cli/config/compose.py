@@ -34,18 +34,25 @@ def list_recipes() -> List[Path]:
     return sorted(p for p in recipes_dir().glob("*.yaml"))
 
 
-def resolve_recipe(recipe: str) -> Path:
-    """A recipe name (`alpaca`) or a path to a YAML file."""
+def resolve_recipe(recipe: str, subdir: str = "") -> Path:
+    """A recipe name (`alpaca`; in `recipes/<subdir>/`) or a path to a YAML file."""
     path = Path(recipe).expanduser()
     if path.suffix in (".yaml", ".yml") or "/" in recipe:
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
         return path.resolve()
-    candidate = recipes_dir() / f"{recipe}.yaml"
+    folder = recipes_dir() / subdir
+    candidate = folder / f"{recipe}.yaml"
     if candidate.is_file():
         return candidate
-    names = [p.stem for p in list_recipes()]
-    raise ConfigError(f"unknown recipe '{recipe}'{suggest(recipe, names)} (see `aware recipes ls`)")
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    what = f"{subdir} suite" if subdir else "recipe"
+    raise ConfigError(f"unknown {what} '{recipe}'{suggest(recipe, names)} (choose from: {', '.join(names)})")
+
+
+def group_options(group: str) -> List[str]:
+    """Option names of a config group, e.g. model → [hf, smollm2, tiny]."""
+    return sorted(p.stem for p in (recipes_dir() / group).glob("*.yaml"))
 
 
 def recipe_description(path: Path) -> Dict[str, Any]:
@@ -65,19 +72,19 @@ def _load_yaml(path: Path) -> Any:
 
 @dataclass
 class Composed:
-    config: AwareConfig
+    config: Any  # AwareConfig, or the schema passed to `compose`
     resolved: Dict[str, Any]  # the plain dict written to the run's config.yaml
     recipe_path: Path
 
 
-def _split_overrides(overrides: List[str]) -> Tuple[List[str], List[str]]:
+def _split_overrides(overrides: List[str], schema: type) -> Tuple[List[str], List[str]]:
     """Group selections (`model=tiny`) stay Hydra's; value overrides become `++key=value` after a schema check."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    valid = schema_keys(AwareConfig)
-    free = tuple(k + "." for k in mapping_keys(AwareConfig))
+    valid = schema_keys(schema)
+    free = tuple(k + "." for k in mapping_keys(schema))
     groups, values = [], []
     for text in overrides:
         try:
@@ -96,17 +103,18 @@ def _split_overrides(overrides: List[str]) -> Tuple[List[str], List[str]]:
     return groups, values
 
 
-def compose(recipe: str, overrides: Optional[List[str]] = None) -> Composed:
-    """Compose `recipe` with `overrides` and validate it into an `AwareConfig`."""
+def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type = AwareConfig,
+            subdir: str = "") -> Composed:
+    """Compose `recipe` with `overrides` and validate it into `schema` (an `AwareConfig` by default)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    path = resolve_recipe(recipe)
+    path = resolve_recipe(recipe, subdir)
     _load_yaml(path)  # YAML syntax errors with file:line before Hydra wraps them
-    group_overrides, value_overrides = _split_overrides(list(overrides or []))
+    group_overrides, value_overrides = _split_overrides(list(overrides or []), schema)
     search = [f"hydra.searchpath=[file://{recipes_dir()}]"] if path.parent != recipes_dir() else []
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
@@ -117,9 +125,11 @@ def compose(recipe: str, overrides: Optional[List[str]] = None) -> Composed:
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     plain.pop("defaults", None)
-    plain["recipe"] = path.stem
-    config = build(AwareConfig, plain)
-    check_consistency(config)
+    if schema is AwareConfig:
+        plain["recipe"] = path.stem
+    config = build(schema, plain)
+    if isinstance(config, AwareConfig):
+        check_consistency(config)
     return Composed(config=config, resolved=_to_plain(config), recipe_path=path)
 
 

@@ -83,11 +83,13 @@ class DataConfig:
 
     path: str = field("../shared/data/alpaca/alpaca_en_demo.json",
                       "File (.json/.jsonl/.csv) or HF dataset id with the fine-tuning pairs.")
-    format: str = field("auto", "auto (from extension and fields), alpaca, messages, jsonl, csv, hf.",
-                        choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf"])
+    format: str = field("auto", "auto (from extension and fields), alpaca, messages, jsonl, csv, hf, hexphi "
+                        "(a directory of category_<N>.csv files).",
+                        choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf", "hexphi"])
     prompt_field: str = field("instruction", "Column holding the prompt (alpaca: instruction).")
     input_field: Optional[str] = field("input", "Optional column appended to the prompt (alpaca: input).")
-    response_field: str = field("output", "Column holding the reference response y*.")
+    response_field: Optional[str] = field("output", "Column holding the reference response y* (null: prompt-only "
+                                                    "data, e.g. a benchmark).")
     label_field: Optional[str] = field(None, "Optional boolean column: the prompt is harmful (passed to verifiers).")
     label_default: Optional[bool] = field(None, "Harmful label of every row when label_field is unset "
                                                 "(false: a benign task such as Alpaca; null: unknown).")
@@ -301,3 +303,51 @@ class AwareConfig:
     trainer: TrainerConfig = field(doc="Trainer.", factory=TrainerConfig)
     eval: EvalConfig = field(doc="In-training evaluation.", factory=EvalConfig)
     recipe: str = field("", "Recipe name (set by `aware train recipe=...`).")
+
+
+# ----------------------------------------------------------------------------- aware eval
+
+EVAL_SUITES = ["advbench", "xstest", "truthfulqa", "hexphi", "slaq", "task", "harmful"]
+
+
+@dataclass
+class GenerationConfig:
+    """How evaluation responses are generated."""
+
+    max_new_tokens: int = field(128, "Longest response.", ge=1)
+    batch_size: int = field(8, "Prompts per generate call.", ge=1)
+    do_sample: bool = field(False, "Sample instead of greedy decoding.")
+    temperature: float = field(1.0, "Sampling temperature (do_sample=true).", gt=0.0)
+    top_p: float = field(1.0, "Nucleus mass (do_sample=true).", gt=0.0, le=1.0)
+
+
+@dataclass
+class BertScoreConfig:
+    """BERTScore of the task suite (bert-score library)."""
+
+    enabled: bool = field(True, "Compute BERTScore (ROUGE-L is always computed).")
+    model: str = field(EMBEDDED_ENCODER, "Encoder: the packaged all-MiniLM-L6-v2, or roberta-large / any id or path.")
+    num_layers: Optional[int] = field(None, "Layer whose embeddings are compared (null: 6 for MiniLM, else the "
+                                      "library's default for the model).", ge=1)
+    batch_size: int = field(16, "Pairs per BERTScore batch.", ge=1)
+
+
+@dataclass
+class EvalRunConfig:
+    """`aware eval SUITE`: generate responses to a benchmark and score them."""
+
+    suite: str = field("advbench", "Benchmark: " + ", ".join(EVAL_SUITES) + ".", choices=EVAL_SUITES)
+    description: str = field("", "One line describing the suite.")
+    model: ModelConfig = field(doc="Model evaluated (HF id, dir, GGUF, embedded:, or a run directory).",
+                               factory=ModelConfig)
+    data: DataConfig = field(doc="Benchmark data.", factory=DataConfig)
+    verifier: VerifierConfig = field(doc="Judge.", factory=VerifierConfig)
+    generation: GenerationConfig = field(doc="Generation.", factory=GenerationConfig)
+    bertscore: BertScoreConfig = field(doc="BERTScore (task suite).", factory=BertScoreConfig)
+    limit: Optional[int] = field(None, "Evaluate only the first N prompts (after the seeded shuffle).", ge=1)
+    held_out_only: bool = field(True, "task: score the held-out split (first data.eval_size rows) only.")
+    exclude_ids: Optional[str] = field(None, "A JSON file with a list of row ids (or a run's split.json) whose rows "
+                                       "are left out: prompts seen in training are never evaluated.")
+    output_dir: Optional[str] = field(None, "Where eval/<suite>/ goes (default: the run directory for a run, "
+                                      "else runs/eval-<suite>-<timestamp>).")
+    seed: int = field(0, "Seed of sampling (do_sample=true).")

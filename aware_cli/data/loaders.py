@@ -62,17 +62,31 @@ class _Source:
 
 def load_examples(cfg: DataConfig, base_dir: Optional[Path] = None) -> list[Example]:
     """Read `cfg.path`, turn its rows into Examples, then shuffle (seeded) and apply `cfg.limit`."""
-    source = _resolve_source(cfg, base_dir)
-    rows = _read_rows(source, cfg.split)
-    to_pair = _row_reader(cfg, rows)
-    examples = [_make_example(cfg, source, index, row, to_pair) for index, row in enumerate(rows)]
+    if cfg.format == "hexphi":
+        examples = _hexphi_examples(cfg, base_dir)
+    else:
+        source = _resolve_source(cfg, base_dir)
+        rows = _read_rows(source, cfg.split)
+        to_pair = _row_reader(cfg, rows)
+        examples = [_make_example(cfg, source, index, row, to_pair) for index, row in enumerate(rows)]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(examples)
     if cfg.limit is not None:
         examples = examples[: cfg.limit]
     if not examples:
-        raise DataError(f"data.path: {source.location} has no usable rows")
+        raise DataError(f"data.path: {cfg.path} has no usable rows")
     return examples
+
+
+def _hexphi_examples(cfg: DataConfig, base_dir: Optional[Path]) -> list[Example]:
+    """HEx-PHI category files: every prompt is harmful; the category goes into meta."""
+    from aware_cli.data.hexphi import read_hexphi
+
+    directory = (Path(base_dir or Path.cwd()) / Path(cfg.path).expanduser()).resolve()
+    return [Example(id=row["id"], prompt=row["prompt"], response="", harmful=True,
+                    meta={"source": str(directory), "category": row["category"],
+                          "category_name": row["category_name"], "columns": {}})
+            for row in read_hexphi(directory)]
 
 
 def split_examples(examples: list[Example], eval_size: int) -> tuple[list[Example], list[Example]]:
@@ -287,7 +301,8 @@ def _column_pair(cfg: DataConfig, row: dict) -> tuple[str, str, dict]:
     extra = row.get(cfg.input_field) if cfg.input_field else None
     if extra is not None and str(extra).strip():
         prompt = f"{prompt}\n\n{extra}"
-    response = _required_text(row, cfg.response_field, allow_empty=True)
+    # prompt-only files (benchmarks such as XSTest) set data.response_field=null
+    response = _required_text(row, cfg.response_field, allow_empty=True) if cfg.response_field else ""
     return prompt, response, {}
 
 

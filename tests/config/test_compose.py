@@ -14,6 +14,15 @@ def test_every_shipped_recipe_composes_and_validates(recipe):
     assert composed.recipe_path.read_text().startswith("#"), "recipes start with a comment showing the launch command"
 
 
+@pytest.mark.parametrize("suite", ["advbench", "xstest", "truthfulqa", "hexphi", "slaq", "task", "harmful"])
+def test_every_eval_suite_composes(suite):
+    from aware_cli.config.schema import EvalRunConfig
+
+    composed = compose(suite, ["limit=5"], schema=EvalRunConfig, subdir="eval")
+    assert composed.config.suite == suite and composed.config.limit == 5
+    assert composed.recipe_path.read_text().startswith("# aware eval")
+
+
 def test_shipped_recipes_include_smoke_and_alpaca():
     names = {p.stem for p in list_recipes()}
     assert {"smoke", "alpaca"} <= names

@@ -1,0 +1,1 @@
+"""Evaluation: ALIGN-PLOTS, gate-threshold calibration and (later) evaluation suites."""

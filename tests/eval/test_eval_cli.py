@@ -1,0 +1,73 @@
+"""`aware eval` in-process on the tiny model: every suite writes metrics.json with its documented keys."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aware_cli.cli import app
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FAST = ["model=tiny", "generation.max_new_tokens=6", "generation.do_sample=true"]
+KEYS = {
+    "advbench": {"asr", "refusal_rate", "n", "n_unjudged"},
+    "xstest": {"over_refusal_rate", "unsafe_refusal_rate", "n_safe", "n_unsafe", "over_refusal_by_type"},
+    "hexphi": {"harmfulness_score", "harmfulness_rate", "per_category"},
+    "task": {"rouge_l", "n"},
+}
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["eval", *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("suite, extra", [
+    ("advbench", ["limit=3"]),
+    ("xstest", ["limit=6"]),
+    ("hexphi", [f"data.path={FIXTURES / 'hexphi'}", "verifier=refusal"]),
+    ("task", ["limit=2", "bertscore.enabled=false"]),
+])
+def test_suite_writes_metrics(suite, extra, tmp_path, in_project_root):
+    result = run(suite, *FAST, *extra, f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / suite / "metrics.json").read_text())
+    assert KEYS[suite] <= set(metrics)
+    assert metrics["suite"] == suite
+    responses = (tmp_path / "eval" / suite / "responses.jsonl").read_text().splitlines()
+    assert len(responses) == metrics["n"]
+
+
+def test_task_bertscore_with_packaged_encoder(tmp_path, in_project_root):
+    result = run("task", *FAST, "limit=2", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "task" / "metrics.json").read_text())
+    assert 0.0 < metrics["bertscore_f1"] <= 1.0
+
+
+def test_eval_of_a_run_directory_applies_its_adapter(tmp_path, in_project_root):
+    train = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={tmp_path / 'run'}", "trainer.max_steps=1",
+                                     "eval.every=0"])
+    assert train.exit_code == 0, train.output
+    result = run("advbench", f"model={tmp_path / 'run'}", "limit=2", "generation.max_new_tokens=4")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "eval" / "advbench" / "metrics.json").exists()
+
+
+def test_compare_two_evaluations(tmp_path, in_project_root):
+    for name in ("a", "b"):
+        assert run("advbench", *FAST, "limit=2", f"output_dir={tmp_path / name}").exit_code == 0
+    out = tmp_path / "compare.md"
+    result = run("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert text.startswith("| metric | a | b |") and "| advbench.asr |" in text
+
+
+def test_eval_errors_are_one_line(tmp_path, in_project_root):
+    result = CliRunner().invoke(app, ["eval", "advbnch"])
+    assert result.exit_code == 2 and "unknown eval suite 'advbnch'" in result.stderr
+    result = CliRunner().invoke(app, ["eval", "hexphi", "model=tiny", f"data.path={tmp_path / 'missing'}"])
+    assert result.exit_code == 2 and "HEx-PHI directory not found" in result.stderr
+    result = CliRunner().invoke(app, ["eval", "compare", str(tmp_path)])
+    assert result.exit_code == 2 and "no metrics.json" in result.stderr
