@@ -6,16 +6,36 @@ Importing this package registers the built-in verifiers `refusal` and `python`.
 from aware_cli.verifiers.base import VERIFIERS, Verifier, VerifierError, build_verifier, register_verifier
 from aware_cli.verifiers.python import build_python_verifier, load_target
 from aware_cli.verifiers.refusal import REFUSAL_PATTERNS, build_refusal_verifier, refusal_score
+from aware_cli.verifiers.harm import build_harm_verifier
+from aware_cli.verifiers.truthfulness import build_truthfulness_verifier
+from aware_cli.verifiers.hf_classifier import build_classifier_verifier
+from aware_cli.verifiers.guard_lm import build_guard_verifier, likert_to_score, parse_likert, parse_verdict
+from aware_cli.verifiers.http_judge import build_http_judge, rubric_path
+from aware_cli.verifiers.composite import build_composite_verifier
+from aware_cli.verifiers.disk_cache import NONE_SCORE, DiskCache, verifier_identity
 
 __all__ = [
+    "DiskCache",
+    "NONE_SCORE",
     "REFUSAL_PATTERNS",
     "VERIFIERS",
     "Verifier",
     "VerifierError",
+    "build_classifier_verifier",
+    "build_composite_verifier",
+    "build_guard_verifier",
+    "build_http_judge",
+    "likert_to_score",
+    "parse_likert",
+    "parse_verdict",
     "build_python_verifier",
     "build_refusal_verifier",
+    "build_harm_verifier",
+    "build_truthfulness_verifier",
     "build_verifier",
     "load_target",
     "refusal_score",
     "register_verifier",
+    "rubric_path",
+    "verifier_identity",
 ]
