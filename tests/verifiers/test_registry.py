@@ -38,7 +38,9 @@ def test_unknown_name_lists_choices_and_suggests():
     with pytest.raises(ConfigError) as err:
         build_verifier(VerifierConfig(name="refusl"))
     message = str(err.value)
-    assert message.startswith("verifier.name: unknown verifier 'refusl' (choose from: python, refusal)")
+    assert message.startswith("verifier.name: unknown verifier 'refusl' (choose from: ")
+    listed = message.split("(choose from: ")[1].split(")")[0].split(", ")
+    assert listed == sorted(listed) and {"python", "refusal"} <= set(listed)
     assert "did you mean 'refusal'" in message
     assert "\n" not in message
 
