@@ -229,3 +229,16 @@ def test_verify_bad_input_is_one_line(tmp_path):
     assert result.exit_code == 2 and "bad.jsonl:2" in result.stderr
     assert aware("verify", "-v", "refusal").exit_code == 2  # neither --prompt/--response nor --file
     assert aware("verify", "-v", "nope", "--prompt", "a", "--response", "b").exit_code == 2
+
+
+def test_refusal_targets_written_by_the_verifier(tmp_path, in_project_root):
+    out = tmp_path / "writer"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:refusal_writer", "gate.refusal_source=verifier",
+                   "trainer.max_steps=1", "eval.every=0")
+    assert result.exit_code == 0, result.output
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["frac_abstain"] == 1.0
+    # a verifier that cannot write refusals is refused before training starts
+    bad = aware("train", "recipe=smoke", f"output_dir={tmp_path / 'bad'}", "gate.refusal_source=verifier")
+    assert bad.exit_code == 2 and "cannot write refusals" in bad.stderr

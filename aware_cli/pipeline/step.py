@@ -44,6 +44,18 @@ def refusal_for(example_id: str, seed: int, count: int) -> int:
     return zlib.crc32(f"{seed}:{example_id}".encode()) % count
 
 
+def written_refusals(policy: Policy, abstained: List[Example]) -> Dict[str, List[int]]:
+    """gate.refusal_source=verifier: refusal targets written by the verifier (ids of those it wrote)."""
+    if policy.cfg.gate.refusal_source != "verifier" or not abstained:
+        return {}
+    from aware_cli.data import build_response_ids
+
+    texts = policy.verifier.refusal_writer()([ex.prompt for ex in abstained])
+    max_tokens = policy.cfg.data.max_response_tokens
+    return {ex.id: build_response_ids(policy.tokenizer, text, max_tokens=max_tokens)[0]
+            for ex, text in zip(abstained, texts) if text}
+
+
 def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """Run one optimizer step on `batch`; returns (metrics, per-input records for samples.jsonl)."""
     cfg, k, B = policy.cfg, policy.cfg.k, len(batch)
@@ -74,12 +86,14 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
 
     # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
     gates: List[GroupGate] = [gate_group(s, cfg.gate, policy.dual, objective) for s in scores]
+    written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.regime == ABSTAIN])
     sequences: List[WeightedSequence] = []
     sft_index: Dict[int, int] = {}
     for b, (ex, gate) in enumerate(zip(batch, gates)):
         target = policy.target_ids[ex.id]
         if gate.regime == ABSTAIN:
-            target = policy.refusal_ids[refusal_for(ex.id, cfg.trainer.seed, len(policy.refusal_ids))]
+            target = written.get(ex.id) or policy.refusal_ids[refusal_for(ex.id, cfg.trainer.seed,
+                                                                          len(policy.refusal_ids))]
         sft_index[b] = len(sequences)
         sequences.append(WeightedSequence(prompts[b], target, weight=-(1.0 - gate.beta) / B))
         for ids, adv in zip(sample_ids[b], gate.advantages):

@@ -115,7 +115,11 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     verifier_cfg = cfg.verifier
     if verifier_cfg.device == "auto":  # the verifier's own model shares the policy's device unless told otherwise
         verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(verifier_cfg),
+    verifier = build_verifier(verifier_cfg)
+    if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
+        raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write refusals "
+                          f"(guard_lm and http_judge can); use gate.refusal_source=template")
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
                     target_ids=target_ids, refusal_ids=refusal_ids,
                     dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0)

@@ -55,10 +55,15 @@ def build_verifier(cfg: VerifierConfig) -> "Verifier":
     if factory is None:
         raise ConfigError(_unknown_name_message(cfg.name))
     built = factory(cfg)
-    if isinstance(built, Verifier):
-        return built
-    # Third-party factories may return the bare reward function; wrap it with the config's settings.
-    return Verifier(built, name=cfg.name, batch_size=cfg.batch_size, cache=cfg.cache)
+    if not isinstance(built, Verifier):
+        # Third-party factories may return the bare reward function; wrap it with the config's settings.
+        built = Verifier(built, name=cfg.name, batch_size=cfg.batch_size, cache=cfg.cache)
+    # A composite's components cache on disk themselves (they inherit cache_dir): storing twice buys nothing.
+    if cfg.cache_dir and cfg.name != "composite":
+        from aware_cli.verifiers.disk_cache import DiskCache, verifier_identity
+
+        built.attach_disk_cache(DiskCache(cfg.cache_dir), verifier_identity(cfg))
+    return built
 
 
 class Verifier:
@@ -78,6 +83,17 @@ class Verifier:
         self.cache_enabled = cache
         self._cache: Dict[str, Optional[float]] = {}
         self.stats: Dict[str, float] = {"calls": 0, "scored": 0, "cached_hits": 0, "none": 0, "seconds": 0.0}
+        self._disk = None  # DiskCache shared across runs (verifier.cache_dir), with this verifier's identity
+        self._identity = ""
+
+    def refusal_writer(self) -> Optional[Callable[[List[str]], List[Optional[str]]]]:
+        """`write_refusals(prompts)` of verifiers that can write refusal targets (guard_lm, http_judge, ...)."""
+        return self.__dict__.get("write_refusals") or getattr(self.fn, "write_refusals", None)
+
+    def attach_disk_cache(self, disk, identity: str) -> None:
+        """Reuse scores stored on disk by earlier runs of the same verifier (keyed by its identity)."""
+        self._disk, self._identity = disk, identity
+        self.stats["disk_hits"] = 0
 
     def __repr__(self) -> str:
         return f"Verifier(name={self.name!r}, batch_size={self.batch_size}, cache={self.cache_enabled})"
@@ -103,6 +119,9 @@ class Verifier:
         scores: List[Optional[float]] = [None] * n
         keys = [self._key(prompts[i], completions[i], per_item, shared, i) for i in range(n)]
         todo = self._indices_to_score(keys, scores)
+        disk_keys: Dict[int, str] = {}
+        if self._disk is not None and todo:
+            todo, disk_keys = self._from_disk(todo, prompts, completions, per_item, shared, scores, keys)
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
             for i, score in zip(batch, self._score_batch(prompts, completions, per_item, shared, batch)):
@@ -111,9 +130,26 @@ class Verifier:
                     self._cache[keys[i]] = score
         if self.cache_enabled:
             self._fill_duplicates(keys, scores, todo)
+        if disk_keys:
+            self._disk.put_many([(disk_keys[i], scores[i]) for i in todo])
 
         self.stats["none"] += sum(score is None for score in scores)
         return scores
+
+    def _from_disk(self, todo, prompts, completions, per_item, shared, scores, keys):
+        """Fill `scores` from the disk cache; returns (indices still to score, their disk keys)."""
+        from aware_cli.verifiers.disk_cache import batch_keys
+
+        row_kwargs = {k: [v[i] for i in todo] for k, v in per_item.items()}
+        dkeys = batch_keys(self._identity, [prompts[i] for i in todo], [completions[i] for i in todo],
+                           {**row_kwargs, **shared})
+        hits, misses = self._disk.split(dkeys)
+        for j, score in hits.items():
+            scores[todo[j]] = score
+            if self.cache_enabled:
+                self._cache[keys[todo[j]]] = score
+        self.stats["disk_hits"] += len(hits)
+        return [todo[j] for j in misses], {todo[j]: dkeys[j] for j in misses}
 
     def _indices_to_score(self, keys: List[str], scores: List[Optional[float]]) -> List[int]:
         """Indices that need the wrapped function; cache hits are written into `scores` now."""

@@ -41,7 +41,10 @@ def build_python_verifier(cfg: VerifierConfig) -> Verifier:
     def score(prompts: Sequence[str], completions: Sequence[str], **call_kwargs: Any) -> List[Optional[float]]:
         return fn(prompts, completions, **fixed_kwargs, **call_kwargs)
 
-    return Verifier(score, name=f"python:{cfg.target}", batch_size=cfg.batch_size, cache=cfg.cache)
+    verifier = Verifier(score, name=f"python:{cfg.target}", batch_size=cfg.batch_size, cache=cfg.cache)
+    if callable(getattr(fn, "write_refusals", None)):  # an object that can also write refusal targets
+        verifier.write_refusals = fn.write_refusals
+    return verifier
 
 
 def load_target(target: Optional[str]) -> Callable[..., Any]:

@@ -233,3 +233,20 @@ def test_cache_off_rescores():
     v(["p"], ["a"])
     v(["p"], ["a"])
     assert seen == ["a", "a"]
+
+
+def test_disk_cache_reuses_scores_across_verifier_instances(tmp_path, monkeypatch):
+    from aware_cli.config.schema import VerifierConfig
+    from aware_cli.verifiers import build_verifier
+
+    module = tmp_path / "counting.py"
+    module.write_text("CALLS = []\n"
+                      "def score(prompts, completions, **kw):\n"
+                      "    CALLS.append(len(completions))\n"
+                      "    return [0.25 for _ in completions]\n")
+    cfg = VerifierConfig(name="python", target=f"{module}:score", cache_dir=str(tmp_path / "cache"))
+    first = build_verifier(cfg)
+    assert first(["p1", "p2"], ["a", "b"]) == [0.25, 0.25]
+    second = build_verifier(cfg)  # a new run: empty memory cache, same disk cache
+    assert second(["p1", "p2", "p3"], ["a", "b", "c"]) == [0.25, 0.25, 0.25]
+    assert second.stats["disk_hits"] == 2 and second.stats["scored"] == 1
