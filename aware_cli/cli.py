@@ -243,6 +243,109 @@ def _eval_compare(directories: List[Path], out: Optional[Path]) -> None:
     console.print(f"wrote {target}")
 
 
+def _take(args: List[str], keys: Tuple[str, ...]) -> Tuple[dict, List[str]]:
+    """Split `key=value` arguments into the command's own keys and the recipe overrides."""
+    own, rest = {}, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys:
+            own[key] = value
+        else:
+            rest.append(arg)
+    return own, rest
+
+
+def _model_overrides(args: List[str]) -> List[str]:
+    """`model=X` where X is not a model config group (smollm2, tiny, hf) names the model itself."""
+    from aware_cli.config.compose import group_options
+
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        out.append(f"model.name_or_path={value}" if key == "model" and value not in group_options("model") else arg)
+    return out
+
+
+def _points_for(own: dict, rest: List[str], default_limit: int):
+    """(points, gate, where) from run=DIR, points=FILE or by sampling the recipe's model."""
+    from aware_cli.config import compose
+    from aware_cli.eval.align_plot import load_gate, load_points
+
+    if "run" in own:
+        return load_points(own["run"]), load_gate(own["run"]), Path(own["run"])
+    cfg = compose(own.get("recipe", "alpaca"), _model_overrides(rest)).config
+    if "points" in own:
+        return load_points(own["points"]), cfg.gate, Path(own["points"]).parent
+    from aware_cli.eval.points import compute_points
+
+    return compute_points(cfg, int(own.get("limit", default_limit)), console), cfg.gate, None
+
+
+@app.command("align-plot", context_settings=EXTRA_ARGS)
+def align_plot(args: Optional[List[str]] = typer.Argument(
+        None, show_default=False, help="run=DIR, or recipe=NAME model=... data.path=... k=8 limit=32; "
+        "out=PATH format=png|svg title=TEXT")) -> None:
+    """Draw the μ–σ ALIGN-PLOT of a run (samples.jsonl), or of any model before training.
+
+    Examples: aware align-plot run=runs/alpaca-20261125-101010
+              aware align-plot recipe=alpaca model=embedded:smollm2-135m-instruct k=8 limit=32 out=before.png
+    """
+
+    def body() -> None:
+        import time
+
+        from aware_cli.eval.align_plot import draw_align_plot, write_points_jsonl
+
+        own, rest = _take(list(args or []), ("run", "points", "recipe", "out", "format", "title", "limit"))
+        fmt = own.get("format") or (Path(own["out"]).suffix.lstrip(".") if "out" in own else "png")
+        if fmt not in ("png", "svg"):
+            raise AwareError(f"format: expected png or svg, got {fmt!r}")
+        points, gate, where = _points_for(own, rest, default_limit=32)
+        if where is None:  # computed now: keep the points next to the figure
+            where = Path(own["out"]).parent if "out" in own else Path("runs") / f"align-plot-{time.strftime('%Y%m%d-%H%M%S')}"
+            where.mkdir(parents=True, exist_ok=True)
+            console.print(f"points: {write_points_jsonl(points, where / 'points.jsonl')}")
+        out = Path(own["out"]) if "out" in own else where / f"align_plot.{fmt}"
+        draw_align_plot(points, gate, out, title=own.get("title"), fmt=fmt)
+        console.print(f"[bold green]align-plot:[/] {out} ({len(points)} points)")
+
+    _guard(body)
+
+
+@app.command(context_settings=EXTRA_ARGS)
+def calibrate(args: Optional[List[str]] = typer.Argument(
+        None, show_default=False, help="run=DIR | points=FILE | recipe=NAME model=... k=8 limit=64; method=mixture|"
+        "shares abstain_share=0.1 pg_share=0.3 tau_sigma=0.1 out=gate.yaml")) -> None:
+    """Fit the gate thresholds (τ_μ, τ_σ, τ_abstain) from a calibration set; write a gate YAML and its align-plot.
+
+    Examples: aware calibrate recipe=alpaca k=8 limit=64 out=recipes/gate/calibrated.yaml
+              aware calibrate run=runs/alpaca-20261125-101010 method=shares abstain_share=0.1 pg_share=0.3
+    """
+
+    def body() -> None:
+        from aware_cli.eval.align_plot import draw_align_plot, select_step, write_points_jsonl
+        from aware_cli.eval.calibrate import fit_gate, format_report, write_gate_yaml
+
+        own, rest = _take(list(args or []), ("run", "points", "recipe", "out", "limit", "method", "abstain_share",
+                                              "pg_share", "tau_sigma"))
+        points, base, where = _points_for(own, rest, default_limit=64)
+        if "run" in own:
+            points = select_step(points, "first")  # the model before training moved the points
+        method = own.get("method", "mixture")
+        opts = {k: float(own[k]) for k in ("abstain_share", "pg_share", "tau_sigma") if k in own}
+        gate, report = fit_gate(points, base, method, **opts)
+        console.print(format_report(report), highlight=False, markup=False)
+        out = Path(own.get("out", "gate_calibrated.yaml"))
+        write_gate_yaml(gate, out, f"Fitted by aware calibrate: method={method} on {report['n_points']} points "
+                                   f"of {where or own.get('recipe', 'alpaca')}")
+        if where is None:
+            write_points_jsonl(points, out.with_suffix(".points.jsonl"))
+        figure = draw_align_plot(points, gate, out.with_suffix(".png"), title=f"calibrated gate ({method})")
+        console.print(f"[bold green]gate:[/] {out}  [bold green]align-plot:[/] {figure}")
+
+    _guard(body)
+
+
 @recipes_app.command("ls")
 def recipes_ls() -> None:
     """Table of the shipped recipes: name, description, model, data."""

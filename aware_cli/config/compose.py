@@ -8,6 +8,8 @@ trace, and both `data.limit=3` and `+data.limit=3` work whether or not the recip
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -115,13 +117,16 @@ def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type 
     path = resolve_recipe(recipe, subdir)
     _load_yaml(path)  # YAML syntax errors with file:line before Hydra wraps them
     group_overrides, value_overrides = _split_overrides(list(overrides or []), schema)
-    search = [f"hydra.searchpath=[file://{recipes_dir()}]"] if path.parent != recipes_dir() else []
-    try:
-        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            cfg = hydra_compose(config_name=path.stem, overrides=search + group_overrides + value_overrides)
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"{path.name}: {_first_line(e)}") from e
+    with tempfile.TemporaryDirectory(prefix="aware-groups-") as extra:
+        group_overrides = [_group_file_override(o, Path(extra)) for o in group_overrides]
+        dirs = ([recipes_dir()] if path.parent != recipes_dir() else []) + [Path(extra)]
+        search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]"]
+        try:
+            with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+                cfg = hydra_compose(config_name=path.stem, overrides=search + group_overrides + value_overrides)
+            plain = OmegaConf.to_container(cfg, resolve=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(f"{path.name}: {_first_line(e)}") from e
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     plain.pop("defaults", None)
@@ -131,6 +136,20 @@ def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type 
     if isinstance(config, AwareConfig):
         check_consistency(config)
     return Composed(config=config, resolved=_to_plain(config), recipe_path=path)
+
+
+def _group_file_override(override: str, extra: Path) -> str:
+    """`gate=path/to/fitted.yaml` → a config-group option: the file is placed under `extra/gate/`."""
+    group, _, value = override.partition("=")
+    file = Path(value).expanduser()
+    if file.suffix not in (".yaml", ".yml"):
+        return override
+    if not file.is_file():
+        raise ConfigError(f"{group}: config file not found: {file}")
+    _load_yaml(file)
+    (extra / group).mkdir(exist_ok=True)
+    shutil.copyfile(file, extra / group / f"file_{file.stem}.yaml")
+    return f"{group}=file_{file.stem}"
 
 
 def _first_line(e: Exception) -> str:

@@ -473,13 +473,10 @@ def write_gate_yaml(gate: GateConfig, path: Union[str, "os.PathLike[str]"], comm
     back with `build(GateConfig, yaml.safe_load(text))` to an equal GateConfig.
     """
     path = Path(path)
-    name = path.stem
     head = [line for line in (comment or "Gate thresholds fitted by aware calibrate.").splitlines() if line.strip()]
     head += [
-        f"Use: copy this file to recipes/gate/{name}.yaml (or to gate/{name}.yaml beside your own recipe), then",
-        f"  aware train recipe=alpaca gate={name}",
-        f"  (gate=<path to this file> does not work: Hydra selects config-group options by name), or give the",
-        f"  thresholds explicitly: aware train recipe=alpaca {overrides(gate)}",
+        f"Use: aware train recipe=alpaca gate={path}",
+        f"  or give the thresholds explicitly: aware train recipe=alpaca {overrides(gate)}",
     ]
     body = yaml.safe_dump(dataclasses.asdict(gate), sort_keys=False, allow_unicode=True, width=120)
     text = "".join(f"# {line}\n" for line in head) + body

@@ -144,10 +144,16 @@ def test_written_yaml_validates_and_round_trips(tmp_path):
     path = write_gate_yaml(gate, tmp_path / "gates" / "fitted.yaml", "fitted by aware calibrate (mixture, 32 points)")
     text = path.read_text()
     assert text.startswith("# fitted by aware calibrate (mixture, 32 points)\n")
-    assert "gate=fitted" in text and overrides(gate) in text
+    assert f"gate={path}" in text and overrides(gate) in text
     assert build(GateConfig, yaml.safe_load(text)) == gate
     assert list(yaml.safe_load(text)) == [f.name for f in dataclasses.fields(GateConfig)]
     assert [p.name for p in path.parent.iterdir()] == ["fitted.yaml"]  # no temp file left
+
+
+def test_written_yaml_is_a_gate_option_by_path(tmp_path, in_project_root):
+    gate, _ = fit_gate(_bimodal(), GateConfig(), "mixture")
+    path = write_gate_yaml(gate, tmp_path / "fitted.yaml")
+    assert compose("smoke", [f"gate={path}"]).config.gate == gate
 
 
 def test_overrides_in_the_comment_compose(in_project_root):

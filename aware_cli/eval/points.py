@@ -1,0 +1,47 @@
+"""(μ, σ) points of any model without training: sample k responses per prompt, verify, gate.
+
+The "before" picture of an align-plot, and the calibration set of `aware calibrate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List
+
+from rich.console import Console
+
+from aware_cli.config.schema import AwareConfig
+from aware_cli.data import build_prompt_ids, load_examples, split_examples
+from aware_cli.eval.align_plot import points_from_scores
+from aware_cli.models.trained import load_for_eval
+from aware_cli.pipeline.sample import sample
+from aware_cli.pipeline.verify import verify
+from aware_cli.verifiers import build_verifier
+
+
+def compute_points(cfg: AwareConfig, limit: int, console: Console, *, held_out: bool = True) -> List[Dict[str, Any]]:
+    """Points for `limit` prompts of the recipe's data (its held-out rows first) under its gate."""
+    examples = load_examples(cfg.data)
+    if held_out and cfg.data.eval_size:
+        train, held = split_examples(examples, cfg.data.eval_size)
+        examples = held + train
+    examples = examples[:limit]
+    model, tokenizer, _ = load_for_eval(cfg.model)
+    device = next(model.parameters()).device
+    verifier_cfg = cfg.verifier
+    if verifier_cfg.device == "auto":
+        verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
+    verifier = build_verifier(verifier_cfg)
+    console.print(f"sampling k={cfg.k} responses for {len(examples)} prompts with {cfg.model.name_or_path}")
+    texts: List[List[str]] = []
+    batch = cfg.trainer.batch_size
+    for start in range(0, len(examples), batch):
+        part = examples[start:start + batch]
+        prompts = [build_prompt_ids(tokenizer, ex.prompt, chat_template=cfg.model.chat_template,
+                                    system_prompt=cfg.model.system_prompt, max_tokens=cfg.data.max_prompt_tokens)[0]
+                   for ex in part]
+        out = sample(model, tokenizer, prompts, cfg.k, cfg.sampling, seed=cfg.trainer.seed + start, device=device)
+        texts.extend(out.texts)
+    scores = verify(verifier, examples, texts)
+    return points_from_scores(scores, cfg.gate, step=0, ids=[ex.id for ex in examples],
+                              prompts=[ex.prompt for ex in examples], responses=texts)
