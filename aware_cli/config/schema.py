@@ -78,6 +78,21 @@ class ModelConfig:
 
 
 @dataclass
+class MixConfig:
+    """A second source mixed into the training data (e.g. AdvBench harmful goal → compliance pairs)."""
+
+    path: Optional[str] = field(None, "File of the mixed-in rows (null: no mix).")
+    format: str = field("auto", "Format of that file (as data.format).",
+                        choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf"])
+    prompt_field: str = field("goal", "Prompt column.")
+    response_field: str = field("target", "Response column (the compliance target SFT would learn).")
+    harmful: bool = field(True, "Label of every mixed-in row (passed to verifiers).")
+    share: float = field(0.1, "Share of the training rows that come from this source.", ge=0.0, lt=1.0)
+    heldout_fraction: float = field(0.5, "Fraction of this source kept out of training (evaluation only); the "
+                                    "split is seeded and written to the run's split.json.", ge=0.0, lt=1.0)
+
+
+@dataclass
 class DataConfig:
     """Training data: where it is, how to read it, how much of it to use."""
 
@@ -100,6 +115,7 @@ class DataConfig:
     eval_size: int = field(16, "Rows held out for evaluation (taken before training rows).", ge=0)
     max_prompt_tokens: int = field(256, "Prompts longer than this are truncated (from the left; counted).", ge=8)
     max_response_tokens: int = field(256, "Reference responses longer than this are truncated (counted).", ge=1)
+    mix: MixConfig = field(doc="A second source mixed into training (alpaca_harmful_mix).", factory=MixConfig)
 
 
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"

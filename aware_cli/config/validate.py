@@ -141,7 +141,8 @@ def _check_range(value: Any, meta: Any, key: str) -> None:
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}"
                           f"{suggest(str(value), list(map(str, choices)))}")
-    checks = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b}
+    checks = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
+              "lt": lambda v, b: v < b}
     if any(name in meta and not ok(value, meta[name]) for name, ok in checks.items()):
         raise ConfigError(f"{key}: expected {_range_text(meta)}, got {value!r}")
 
@@ -149,18 +150,21 @@ def _check_range(value: Any, meta: Any, key: str) -> None:
 def _range_text(meta: Any) -> str:
     """`in [0, 1]`, `>= 1`, `> 0` from a field's bounds."""
     lo = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
-    if lo and "le" in meta:
-        return f"a value in {lo[0]}{lo[1]}, {meta['le']}]"
+    hi = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
+    if lo and hi:
+        return f"a value in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
     if lo:
         return f"a value {'>=' if lo[0] == '[' else '>'} {lo[1]}"
-    return f"a value <= {meta['le']}" if "le" in meta else "a valid value"
+    if hi:
+        return f"a value {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return "a valid value"
 
 
 def _expected(tp: Any, meta: Any) -> str:
     """`float in [0.0, 1.0]`, `int >= 1`, `one of soft, hard` — what a key accepts."""
     if meta.get("choices"):
         return "one of " + ", ".join(map(str, meta["choices"]))
-    bounds = _range_text(meta) if any(b in meta for b in ("ge", "gt", "le")) else ""
+    bounds = _range_text(meta) if any(b in meta for b in ("ge", "gt", "le", "lt")) else ""
     return f"{_type_name(tp)} {bounds[len('a value '):]}".strip() if bounds else _type_name(tp)
 
 

@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from aware_cli.config import Composed
 from aware_cli.config.schema import AwareConfig
 from aware_cli.errors import AwareError, ConfigError
-from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids, load_examples, split_examples
+from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
+from aware_cli.data.mix import load_training_data
 from aware_cli.models import base_model_path, count_parameters, load_model, save_model, trainable_parameters
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
@@ -93,9 +94,14 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
-    examples = load_examples(cfg.data, base_dir=base_dir)
-    train_set, eval_set = split_examples(examples, cfg.data.eval_size)
-    console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
+    data = load_training_data(cfg.data, base_dir=base_dir)
+    train_set, eval_set = data.train, data.held_out
+    examples = train_set + eval_set
+    rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
+    mixed = len(data.split.get("train_ids", []))
+    console.print(f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
+                  f"rows from {cfg.data.path}" if mixed else
+                  f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
 
     model, tokenizer = load_model(cfg.model)
     device = next(model.parameters()).device
