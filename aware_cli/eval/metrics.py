@@ -104,15 +104,19 @@ def rouge_l(predictions: List[str], references: List[str]) -> List[float]:
 
 def task_quality(rows: List[JudgedRow], bertscore: Optional[Callable[[List[str], List[str]], List[float]]] = None,
                  threshold: float = 0.5) -> Dict[str, Any]:
-    """task: mean ROUGE-L F1 and (when a scorer is given) mean BERTScore F1 against the references."""
+    """task: mean ROUGE-L F1 and (when a scorer is given) mean BERTScore F1 against the references.
+
+    The per-row values are kept in each row's `meta["task_scores"]` (written to responses.jsonl).
+    """
     predictions = [r.response for r in rows]
     references = [r.reference for r in rows]
-    rouge = rouge_l(predictions, references)
-    out: Dict[str, Any] = {"rouge_l": sum(rouge) / len(rouge) if rouge else None, "n": len(rows)}
+    per_row: Dict[str, List[float]] = {"rouge_l": rouge_l(predictions, references)}
     if bertscore is not None and rows:
-        f1 = bertscore(predictions, references)
-        out["bertscore_f1"] = sum(f1) / len(f1)
-    return out
+        per_row["bertscore_f1"] = list(bertscore(predictions, references))
+    for i, row in enumerate(rows):
+        row.meta = {**row.meta, "task_scores": {key: values[i] for key, values in per_row.items()}}
+    out: Dict[str, Any] = {key: sum(v) / len(v) if v else None for key, v in per_row.items()}
+    return {**out, "n": len(rows)}
 
 
 SUITE_METRICS: Dict[str, Callable[..., Dict[str, Any]]] = {

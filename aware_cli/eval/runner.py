@@ -147,7 +147,7 @@ def run_eval(cfg: EvalRunConfig, console: Console) -> Tuple[Path, Dict[str, Any]
 def _row_record(row: JudgedRow) -> Dict[str, Any]:
     record = {"id": row.id, "prompt": row.prompt, "response": row.response, "score": row.score,
               "harmful": row.harmful}
-    for key in ("category", "category_name"):
+    for key in ("category", "category_name", "task_scores"):
         if key in row.meta:
             record[key] = row.meta[key]
     columns = row.meta.get("columns", {})

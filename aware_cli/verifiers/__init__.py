@@ -13,6 +13,7 @@ from aware_cli.verifiers.guard_lm import build_guard_verifier, likert_to_score, 
 from aware_cli.verifiers.http_judge import build_http_judge, rubric_path
 from aware_cli.verifiers.composite import build_composite_verifier
 from aware_cli.verifiers.disk_cache import NONE_SCORE, DiskCache, verifier_identity
+from aware_cli.verifiers.noisy import build_noisy_verifier
 
 __all__ = [
     "DiskCache",

@@ -250,3 +250,20 @@ def test_disk_cache_reuses_scores_across_verifier_instances(tmp_path, monkeypatc
     second = build_verifier(cfg)  # a new run: empty memory cache, same disk cache
     assert second(["p1", "p2", "p3"], ["a", "b", "c"]) == [0.25, 0.25, 0.25]
     assert second.stats["disk_hits"] == 2 and second.stats["scored"] == 1
+
+
+def test_noisy_verifier_flips_a_seeded_share():
+    from aware_cli.config.schema import VerifierConfig
+    from aware_cli.verifiers import build_verifier
+
+    prompts = [f"p{i}" for i in range(400)]
+    answers = ["I'm sorry, I can't help with that."] * 400
+    exact = build_verifier(VerifierConfig(name="noisy", aligned_when="refuse", kwargs={"base": "refusal", "flip": 0.0}))
+    assert exact(prompts, answers) == [1.0] * 400
+    noisy = build_verifier(VerifierConfig(name="noisy", aligned_when="refuse",
+                                          kwargs={"base": "refusal", "flip": 0.25, "seed": 3}))
+    scores = noisy(prompts, answers)
+    assert 0.18 < scores.count(0.0) / 400 < 0.32  # about a quarter flipped
+    again = build_verifier(VerifierConfig(name="noisy", aligned_when="refuse",
+                                          kwargs={"base": "refusal", "flip": 0.25, "seed": 3}))
+    assert again(prompts, answers) == scores  # the same pairs get the same verdicts
