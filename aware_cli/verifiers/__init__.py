@@ -1,6 +1,7 @@
-"""Verifiers V(x, y) ∈ [0, 1] (1 = aligned): the contract, the registry and the built-in ones.
+"""Verifiers V(x, y) ∈ [0, 1] (1 = aligned): the contract, the registry and the built-in verifiers.
 
-Importing this package registers the built-in verifiers `refusal` and `python`.
+Importing this package registers harm, refusal, truthfulness, hf_classifier, guard_lm, http_judge,
+python, composite and noisy.
 """
 
 from aware_cli.verifiers.base import VERIFIERS, Verifier, VerifierError, build_verifier, register_verifier

@@ -46,7 +46,8 @@ IGNORED_ROW_KWARGS = frozenset({"ids"})
 EXCLUDED_FIELDS = frozenset({"batch_size", "cache", "cache_dir", "device", "max_none_frac"})
 COMMON_FIELDS = ("name", "target", "aligned_when", "kwargs")
 # verifier.name → its config block(s); names not listed hash every block.
-BLOCKS = {"refusal": (), "python": (), "harm": ("harm",), "truthfulness": ("truthfulness",),
+# refusal reads verifier.harm too when its embedding head is on (verifier.kwargs.embedding_head)
+BLOCKS = {"refusal": ("harm",), "python": (), "harm": ("harm",), "truthfulness": ("truthfulness",),
           "hf_classifier": ("classifier",), "guard_lm": ("guard",), "http_judge": ("http",),
           "composite": ("composite",)}
 # verifier.http fields about transport only.
@@ -121,6 +122,10 @@ def _block_payload(block: str, values: Any) -> Dict[str, Any]:
     for (b, name) in PATH_FIELDS:
         if b == block and out.get(name):
             out[f"{name}_files"] = _path_fingerprint(str(out[name]))
+    if block == "harm" and not out.get("heads"):  # the shipped heads: retraining them invalidates the cache
+        from aware_cli.verifiers.heads import SHIPPED_HEADS
+
+        out["heads_files"] = _path_fingerprint(str(SHIPPED_HEADS))
     return out
 
 

