@@ -242,3 +242,14 @@ def test_refusal_targets_written_by_the_verifier(tmp_path, in_project_root):
     # a verifier that cannot write refusals is refused before training starts
     bad = aware("train", "recipe=smoke", f"output_dir={tmp_path / 'bad'}", "gate.refusal_source=verifier")
     assert bad.exit_code == 2 and "cannot write refusals" in bad.stderr
+
+
+def test_harm_verifier_gives_varying_mu_and_sigma(tmp_path, in_project_root):
+    out = tmp_path / "harm"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=harm", "k=4", "trainer.max_steps=2",
+                   "trainer.batch_size=4", "eval.every=0")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out / "samples.jsonl")
+    mus = {round(r["mu"], 6) for r in records}
+    assert len(mus) > 1 and any(r["sigma"] > 0 for r in records)
+    assert all(0.0 <= s <= 1.0 for r in records for s in r["scores"])
