@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from aware_cli.config.schema import SamplingConfig
+from aware_cli.pipeline.engine import generate_k
 from aware_cli.pipeline.logprobs import pack_left
 
 
@@ -41,8 +42,32 @@ def eos_token_ids(model, tokenizer) -> List[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
-             device: torch.device) -> Samples:
-    """Generate `num_return` responses for each prompt in one `generate` call (prompts left-padded)."""
+             device: torch.device, engine: str = "aware") -> Samples:
+    """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
+
+    engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch);
+    engine=hf: transformers' `generate` on the repeated, left-padded prompts.
+    """
+    if engine == "aware":
+        flat = generate_k(model, prompts, num_return, max_new_tokens=max_new_tokens,
+                          eos_ids=eos_token_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, device=device,
+                          temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed)
+        return _group(tokenizer, flat, num_return)
+    return _generate_hf(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
+                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device)
+
+
+def _group(tokenizer, flat: List[List[int]], num_return: int) -> Samples:
+    """[B·k] token lists → Samples grouped per prompt, with decoded texts."""
+    texts = tokenizer.batch_decode(flat, skip_special_tokens=True)
+    count = len(flat) // num_return
+    return Samples([flat[b * num_return:(b + 1) * num_return] for b in range(count)],
+                   [[t.strip() for t in texts[b * num_return:(b + 1) * num_return]] for b in range(count)],
+                   sum(len(t) for t in flat))
+
+
+def _generate_hf(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed,
+                 device) -> Samples:
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id
@@ -58,15 +83,11 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
     if was_training:
         model.train()
     new = out[:, ids.shape[1]:].tolist()
-    flat = [cut_at_eos(t, eos, pad_id) for t in new]
-    texts = tokenizer.batch_decode(flat, skip_special_tokens=True)
-    grouped_ids = [flat[b * num_return:(b + 1) * num_return] for b in range(len(prompts))]
-    grouped_texts = [[t.strip() for t in texts[b * num_return:(b + 1) * num_return]] for b in range(len(prompts))]
-    return Samples(grouped_ids, grouped_texts, sum(len(t) for t in flat))
+    return _group(tokenizer, [cut_at_eos(t, eos, pad_id) for t in new], num_return)
 
 
 def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: SamplingConfig, *, seed: int,
            device: torch.device) -> Samples:
     """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device)
+                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine)

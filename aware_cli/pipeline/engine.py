@@ -1,0 +1,79 @@
+"""The sampling engine: k responses per prompt with one shared prefill and a shrinking decode batch.
+
+Compared with `model.generate` on the B×k repeated prompts it
+- runs the prompt (prefill) once per prompt and copies its KV cache k times, instead of k times;
+- computes logits only for the last position (`logits_to_keep=1`);
+- drops finished sequences from the decode batch (and their KV rows), so a step costs only
+  the sequences still running;
+- samples with temperature / top-p on the model's device from its own seeded generator, so
+  sampling does not touch (or depend on) the global RNG.
+The policy is used as it is (LoRA applied on the fly, no copy, no reload).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from aware_cli.pipeline.logprobs import pack_left, position_ids
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One token per row: greedy when temperature == 0, else softmax(logits / T) truncated to top-p."""
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix with mass ≥ top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
+               pad_id: int, device: torch.device, temperature: float = 1.0, top_p: float = 1.0,
+               seed: Optional[int] = None) -> List[List[int]]:
+    """Token lists (EOS included when produced) for each prompt's k samples, prompt-major: [b*k + j]."""
+    was_training = model.training
+    model.eval()
+    generator = None
+    if seed is not None and temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    ids, attn = pack_left([list(p) for p in prompts], pad_id, device)
+    positions = position_ids(attn)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)
+    # transformers ≥ 5.2x names the KV cache `cache` (`past_key_values` before): pass it back as it came
+    cache_key = "cache" if "cache" in out else "past_key_values"
+    cache = out[cache_key]
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+    logits = out.logits[:, -1, :].repeat_interleave(k, dim=0)
+    attn = attn.repeat_interleave(k, dim=0)
+    next_position = positions[:, -1:].repeat_interleave(k, dim=0) + 1
+    eos = torch.tensor(list(eos_ids), device=device)
+    rows = torch.arange(len(prompts) * k, device=device)  # which output each decode row belongs to
+    outputs: List[List[int]] = [[] for _ in range(len(prompts) * k)]
+    for step in range(max_new_tokens):
+        tokens = sample_next(logits, temperature, top_p, generator)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            outputs[row].append(token)
+        running = ~torch.isin(tokens, eos)
+        if step == max_new_tokens - 1 or not bool(running.any()):
+            break
+        if not bool(running.all()):
+            keep = running.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attn, next_position = rows[keep], tokens[keep], attn[keep], next_position[keep]
+        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
+        out = model(input_ids=tokens[:, None], attention_mask=attn, position_ids=next_position,
+                    use_cache=True, logits_to_keep=1, **{cache_key: cache})
+        logits = out.logits[:, -1, :]
+        next_position = next_position + 1
+    if was_training:
+        model.train()
+    return outputs
