@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -84,10 +85,24 @@ def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_H
 
         recipe, rest = split_recipe(list(overrides or []))
         composed = compose(recipe, rest)
+        if composed.config.trainer.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(_relaunch_under_torchrun(composed.config.trainer.nproc, list(overrides or [])))
         run_dir = run_training(composed, console)
-        console.print(f"[bold green]run directory:[/] {run_dir}")
+        if os.environ.get("RANK", "0") == "0":
+            console.print(f"[bold green]run directory:[/] {run_dir}")
 
     _guard(body)
+
+
+def _relaunch_under_torchrun(nproc: int, args: List[str]) -> int:
+    """`aware train ... trainer.nproc=N` → `torchrun --nproc_per_node=N -m aware_cli train ...`."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "aware_cli", *(["--debug"] if _state["debug"] else []), "train", *args]
+    console.print(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m aware_cli train "
+                  + " ".join(args), highlight=False)
+    return subprocess.call(command)
 
 
 @app.command(context_settings=EXTRA_ARGS)

@@ -301,6 +301,8 @@ class TrainerConfig:
                                         "gradient (each such update is skipped).", ge=1)
     log_every: int = field(1, "Print/log every N steps.", ge=1)
     threads: int = field(0, "CPU threads for torch (0: torch's default).", ge=0)
+    nproc: int = field(1, "Processes (GPUs) for data-parallel training: >1 relaunches the command under torchrun.",
+                       ge=1)
 
 
 @dataclass

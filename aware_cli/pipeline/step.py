@@ -14,6 +14,7 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
+from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
 from aware_cli.pipeline.sample import sample
 from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, clip_and_step
@@ -36,6 +37,7 @@ class Policy:
     target_ids: Dict[str, List[int]]  # example id -> reference response ids (EOS-terminated)
     refusal_ids: List[List[int]]  # tokenised gate.refusals
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
+    ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -57,8 +59,13 @@ def written_refusals(policy: Policy, abstained: List[Example]) -> Dict[str, List
 
 
 def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    """Run one optimizer step on `batch`; returns (metrics, per-input records for samples.jsonl)."""
-    cfg, k, B = policy.cfg, policy.cfg.k, len(batch)
+    """Run one optimizer step on `batch` (this rank's share of the step's prompts).
+
+    Returns (this rank's per-input records for samples.jsonl, step-wide scalars); `summarize`
+    turns the records of every rank plus the scalars into the step's metrics.
+    """
+    cfg, k, B = policy.cfg, policy.cfg.k, cfg_batch(policy)
+    local = len(batch)
     objective = cfg.objective.name
     prompts = [policy.prompt_ids[ex.id] for ex in batch]
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
@@ -69,10 +76,10 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     texts: List[List[str]] = [[] for _ in batch]
     generated = 0
     if objective != "sft":
-        micro = B // cfg.trainer.grad_accum
-        for start in range(0, B, micro):
+        micro = max(1, local // cfg.trainer.grad_accum)
+        for start in range(0, local, micro):
             out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                         seed=seed + start, device=policy.device)
+                         seed=seed + 7919 * policy.ranks.rank + start, device=policy.device)
             sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
             generated += out.num_tokens
     t1 = time.perf_counter()
@@ -105,56 +112,68 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     torch.manual_seed(seed)  # dropout, if any
     result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k), pad_id=policy.tokenizer.pad_token_id,
                                  device=policy.device, chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
+    loss = sum_value(result.loss, policy.ranks)
     lr = policy.scheduler.get_last_lr()[0]
     grad_norm, skipped = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm,
-                                       result.loss)
-    judged_mu = [g.mu for g in gates if g.mu is not None]
+                                       loss)
     if cfg.gate.mode == "lagrangian":
+        judged_mu = [m for part in gather([g.mu for g in gates if g.mu is not None], policy.ranks) for m in part]
         policy.dual = update_dual(policy.dual, sum(judged_mu) / len(judged_mu) if judged_mu else None, cfg.gate)
     t4 = time.perf_counter()
 
-    # what the step did: the per-input L_SFT / L_PG values come from the forwarded log-probs
-    loss_sft, loss_pg = [], []
-    for b, gate in enumerate(gates):
-        if sft_index[b] in result.logprobs:
-            loss_sft.append(-result.logprobs[sft_index[b]])
+    # what the step did, per input: its L_SFT / L_PG come from the forwarded log-probs
+    records = []
+    for b, (ex, gate) in enumerate(zip(batch, gates)):
+        loss_sft = -result.logprobs[sft_index[b]] if sft_index[b] in result.logprobs else None
+        loss_pg = None
         if gate.beta > 0 and sample_ids[b]:
             lps = [result.logprobs.get(sft_index[b] + 1 + j, 0.0) for j in range(len(sample_ids[b]))]
-            loss_pg.append(-sum(a * lp for a, lp in zip(gate.advantages, lps)) / len(lps))
-    regimes = [g.regime for g in gates]
-    sigmas = [g.sigma for g in gates if g.sigma is not None]
-    metrics: Dict[str, Any] = {
-        "step": step + 1,
-        "loss": result.loss,
-        "loss_sft": _mean(loss_sft),
-        "loss_pg": _mean(loss_pg),
-        "loss_kl": result.loss_kl,
-        "beta_mean": _mean([g.beta for g in gates]),
-        "mu_mean": _mean(judged_mu) if judged_mu else None,
-        "sigma_mean": _mean(sigmas) if sigmas else None,
-        "frac_sft": regimes.count(SFT) / B,
-        "frac_pg": regimes.count(PG) / B,
-        "frac_abstain": regimes.count(ABSTAIN) / B,
-        "frac_reward_zero_std": sum(g.zero_std for g in gates) / B,
-        "verifier_none": unjudged,
-        "dual": policy.dual,
-        "lr": lr,
-        "grad_norm": grad_norm,
-        "skipped": skipped,
-        "tokens_per_s": (result.tokens + generated) / max(t4 - t0, 1e-9),
-        "sample_tokens_per_s": generated / max(t1 - t0, 1e-9),
-        "timing_s/sample": t1 - t0,
-        "timing_s/verify": t2 - t1,
-        "timing_s/gate": t3 - t2,
-        "timing_s/update": t4 - t3,
+            loss_pg = -sum(a * lp for a, lp in zip(gate.advantages, lps)) / len(lps)
+        records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
+                        "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
+                        "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg})
+    scalars: Dict[str, Any] = {
+        "step": step + 1, "loss": loss, "loss_kl": sum_value(result.loss_kl, policy.ranks), "dual": policy.dual,
+        "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,
+        "tokens": result.tokens + generated, "generated": generated,
+        "timing_s/sample": t1 - t0, "timing_s/verify": t2 - t1, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
         **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
     }
-    records = [
-        {"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b], "scores": scores[b],
-         "mu": gates[b].mu, "sigma": gates[b].sigma, "beta": gates[b].beta, "regime": gates[b].regime}
-        for b, ex in enumerate(batch)
-    ]
-    return metrics, records
+    return records, scalars
+
+
+def cfg_batch(policy: Policy) -> int:
+    """The global batch size B: loss weights are normalised by it on every rank."""
+    return policy.cfg.trainer.batch_size
+
+
+def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The step's metrics from every rank's records and scalars (one entry each without torchrun)."""
+    n = len(records)
+    regimes = [r["regime"] for r in records]
+    mus = [r["mu"] for r in records if r["mu"] is not None]
+    sigmas = [r["sigma"] for r in records if r["sigma"] is not None]
+    first = scalars[0]
+    step_seconds = max(sum(s[k] for k in s if k.startswith("timing_s/")) for s in scalars)
+    sample_seconds = max(s["timing_s/sample"] for s in scalars)
+    summed = {k: sum(s.get(k, 0.0) for s in scalars) for k in first if k.startswith("verifier")}
+    slowest = {k: max(s[k] for s in scalars) for k in first if k.startswith("timing_s/")}
+    return {
+        "step": first["step"], "loss": first["loss"],
+        "loss_sft": _mean([r["loss_sft"] for r in records if r["loss_sft"] is not None]),
+        "loss_pg": _mean([r["loss_pg"] for r in records if r["loss_pg"] is not None]),
+        "loss_kl": first["loss_kl"],
+        "beta_mean": _mean([r["beta"] for r in records]),
+        "mu_mean": _mean(mus) if mus else None,
+        "sigma_mean": _mean(sigmas) if sigmas else None,
+        "frac_sft": regimes.count(SFT) / n, "frac_pg": regimes.count(PG) / n, "frac_abstain": regimes.count(ABSTAIN) / n,
+        "frac_reward_zero_std": sum(r["zero_std"] for r in records) / n,
+        "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
+        "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
+        "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),
+        **slowest, **summed,
+    }
 
 
 def _mean(values: List[float]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,7 +25,8 @@ from aware_cli.models import base_model_path, count_parameters, load_model, save
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
-from aware_cli.pipeline.step import Policy, train_step
+from aware_cli.pipeline import distributed
+from aware_cli.pipeline.step import Policy, summarize, train_step
 from aware_cli.pipeline.update import build_optimizer, build_scheduler
 from aware_cli.verifiers import build_verifier
 
@@ -73,31 +75,46 @@ def check_context(cfg: AwareConfig, model) -> None:
 
 def run_training(composed: Composed, console: Optional[Console] = None, *, base_dir: Optional[Path] = None) -> Path:
     """Train the recipe; returns the run directory."""
-    console = console or Console()
     cfg = composed.config
+    ranks = distributed.init_ranks()
+    console = console or Console()
+    if not ranks.is_main:  # one voice: rank 0 prints and writes the run directory
+        console = Console(quiet=True)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else rundir.default_output_dir(cfg.recipe)
-    run_dir = rundir.prepare(run_dir, composed.resolved, resume=cfg.resume, overwrite=cfg.overwrite)
-    rundir.set_status(run_dir, "running")
+    run_dir = distributed.broadcast(run_dir, ranks)
+    if ranks.is_main:
+        rundir.prepare(run_dir, composed.resolved, resume=cfg.resume, overwrite=cfg.overwrite)
+        rundir.set_status(run_dir, "running")
+    distributed.barrier(ranks)
     try:
-        _train(cfg, run_dir, console, base_dir)
+        _train(cfg, run_dir, console, base_dir, ranks)
     except (KeyboardInterrupt, RunInterrupted):
-        rundir.set_status(run_dir, "interrupted")
+        if ranks.is_main:
+            rundir.set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
-        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        if ranks.is_main:
+            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    rundir.set_status(run_dir, "completed")
+    if ranks.is_main:
+        rundir.set_status(run_dir, "completed")
+    distributed.close(ranks)
     return run_dir
 
 
-def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional[Path]) -> None:
+def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional[Path],
+           ranks: distributed.Ranks) -> None:
+    main = ranks.is_main
+    if ranks.enabled and torch.cuda.is_available():  # one GPU per rank
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=f"cuda:{ranks.local_rank}"))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
     data = load_training_data(cfg.data, base_dir=base_dir)
     train_set, eval_set = data.train, data.held_out
     examples = train_set + eval_set
-    rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
+    if main:
+        rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
     mixed = len(data.split.get("train_ids", []))
     console.print(f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
                   f"rows from {cfg.data.path}" if mixed else
@@ -128,7 +145,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
                     target_ids=target_ids, refusal_ids=refusal_ids,
-                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0)
+                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks)
 
     start = 0
     ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
@@ -139,8 +156,9 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         state = rundir.load_training_state(ckpt, optimizer, scheduler)
         start, policy.dual = state["step"], state["dual"]
         console.print(f"resumed from {ckpt} at step {start}")
-    rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
-    rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
+    if main:
+        rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
+        rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
 
     base = base_model_path(cfg.model)
 
@@ -150,25 +168,34 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     from torch.utils.tensorboard import SummaryWriter
 
     def checkpoint(done: int) -> Path:
-        return rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
-                                      {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last)
+        path = run_dir / "checkpoints" / f"step-{done}"
+        if main:  # every rank holds the same weights: rank 0 writes them
+            rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
+                                   {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last)
+        distributed.barrier(ranks)
+        return path
+
+    def opened(name: str):
+        return open(run_dir / name, "a") if main else contextlib.nullcontext()
 
     model.train()
     nonfinite_in_a_row = 0
-    with SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) as tb, \
-            open(run_dir / "metrics.jsonl", "a") as metrics_file, \
-            open(run_dir / "samples.jsonl", "a") as samples_file, _progress(console) as progress, \
-            StopSignals() as stop:
+    with (SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if main else contextlib.nullcontext()) as tb, \
+            opened("metrics.jsonl") as metrics_file, opened("samples.jsonl") as samples_file, \
+            _progress(console) as progress, StopSignals() as stop:
         task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
         for step in range(start, cfg.trainer.max_steps):
-            batch = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size,
-                                                          cfg.trainer.seed)]
-            metrics, records = train_step(policy, batch, step)
+            batch = [train_set[i] for i in distributed.shard(
+                batch_for_step(step, len(train_set), cfg.trainer.batch_size, cfg.trainer.seed), ranks)]
+            records, scalars = train_step(policy, batch, step)
+            records = [r for part in distributed.gather(records, ranks) for r in part]
+            metrics = summarize(records, distributed.gather(scalars, ranks))
             done = step + 1
-            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps:
+            if main and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps):
                 metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
                                         cfg.eval, device))
-            _log(metrics, records, metrics_file, samples_file, tb)
+            if main:
+                _log(metrics, records, metrics_file, samples_file, tb)
             nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
             if metrics["skipped"]:
                 console.print(f"[yellow]warning:[/] step {done}: non-finite loss or gradient, update skipped")
@@ -181,13 +208,15 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             progress.update(task, advance=1, info=_progress_info(metrics))
             if done % cfg.trainer.log_every == 0 and not console.is_terminal:
                 console.print(f"step {done}/{cfg.trainer.max_steps} {_progress_info(metrics)}")
-            if stop.signal_name and done < cfg.trainer.max_steps:
+            if distributed.broadcast(stop.signal_name, ranks) and done < cfg.trainer.max_steps:
                 saved = checkpoint(done)
                 raise RunInterrupted(f"stopped by {stop.signal_name} after step {done}; checkpoint {saved}; resume "
                                      f"with: aware train recipe={cfg.recipe} output_dir={run_dir} resume=auto")
     final = checkpoint(cfg.trainer.max_steps)
-    final_dir = rundir.write_dir_atomic(run_dir / "final", save_weights)
-    console.print(f"final weights: {final_dir} (checkpoint {final.name})")
+    if main:
+        final_dir = rundir.write_dir_atomic(run_dir / "final", save_weights)
+        console.print(f"final weights: {final_dir} (checkpoint {final.name})")
+    distributed.barrier(ranks)
 
 
 class RunInterrupted(AwareError):
