@@ -268,6 +268,7 @@ class SamplingConfig:
     temperature: float = field(1.0, "Sampling temperature.", gt=0.0)
     top_p: float = field(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
     max_new_tokens: int = field(128, "Longest response sampled.", ge=1)
+    ignore_eos: bool = field(False, "Never stop at EOS: every sample is max_new_tokens long (benchmarks).")
     engine: str = field("aware", "aware (shared prefill, finished rows dropped, seeded sampler) or hf "
                         "(transformers' generate on the B×k repeated prompts).", choices=["aware", "hf"])
 

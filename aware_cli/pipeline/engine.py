@@ -55,7 +55,7 @@ def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: i
     logits = out.logits[:, -1, :].repeat_interleave(k, dim=0)
     attn = attn.repeat_interleave(k, dim=0)
     next_position = positions[:, -1:].repeat_interleave(k, dim=0) + 1
-    eos = torch.tensor(list(eos_ids), device=device)
+    eos = torch.tensor(list(eos_ids), device=device, dtype=torch.long)
     rows = torch.arange(len(prompts) * k, device=device)  # which output each decode row belongs to
     outputs: List[List[int]] = [[] for _ in range(len(prompts) * k)]
     for step in range(max_new_tokens):

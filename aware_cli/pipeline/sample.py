@@ -42,7 +42,7 @@ def eos_token_ids(model, tokenizer) -> List[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
-             device: torch.device, engine: str = "aware") -> Samples:
+             device: torch.device, engine: str = "aware", ignore_eos: bool = False) -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
     engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch);
@@ -50,11 +50,13 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
     """
     if engine == "aware":
         flat = generate_k(model, prompts, num_return, max_new_tokens=max_new_tokens,
-                          eos_ids=eos_token_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, device=device,
+                          eos_ids=[] if ignore_eos else eos_token_ids(model, tokenizer),
+                          pad_id=tokenizer.pad_token_id, device=device,
                           temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed)
         return _group(tokenizer, flat, num_return)
     return _generate_hf(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
-                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device)
+                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
+                        ignore_eos=ignore_eos)
 
 
 def _group(tokenizer, flat: List[List[int]], num_return: int) -> Samples:
@@ -67,7 +69,7 @@ def _group(tokenizer, flat: List[List[int]], num_return: int) -> Samples:
 
 
 def _generate_hf(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed,
-                 device) -> Samples:
+                 device, ignore_eos=False) -> Samples:
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id
@@ -78,6 +80,8 @@ def _generate_hf(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sa
         torch.manual_seed(seed)  # sampling depends only on (seed, step): exact resume
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(
         do_sample=False, temperature=None, top_p=None, top_k=None)
+    if ignore_eos:
+        sampling["min_new_tokens"] = max_new_tokens
     out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                          eos_token_id=eos, **sampling)
     if was_training:
@@ -90,4 +94,5 @@ def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: Sampling
            device: torch.device) -> Samples:
     """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine)
+                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
+                    ignore_eos=cfg.ignore_eos)

@@ -1,0 +1,173 @@
+"""One RL fine-tuning step, timed: aware vs TRL's GRPOTrainer on the same shapes. Prints one JSON line.
+
+    python scripts/bench_step.py --model-size 135m --batch 8 --k 4 --max-new-tokens 128 --steps 8 --impl aware
+    python scripts/bench_step.py --model-size 1.7b ... --impl trl          # needs `pip install trl`
+
+Random-init Llama models of SmolLM2 shapes with the embedded tokenizer, full fine-tuning (bf16 on GPU,
+fp32 on CPU), every sample forced to the full --max-new-tokens (no early EOS) so both do equal work;
+a random verifier keeps the policy-gradient term active. Reports the median step time after
+--warmup steps, completion tokens/s, per-stage seconds and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {  # SmolLM2 configurations
+    "135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 intermediate_size=1536),
+    "360m": dict(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                 intermediate_size=2560),
+    "1.7b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=8192),
+}
+
+
+def random_scores(prompts, completions, **kwargs):
+    """A verifier with spread in every group, so β and the advantages are never all zero."""
+    rng = random.Random(hash((len(prompts), completions[0][:16] if completions else "")))
+    return [rng.random() for _ in completions]
+
+
+def bench_aware(args) -> dict:
+    from aware_cli.cli import _quiet_libraries
+    from aware_cli.config import compose
+    from aware_cli.pipeline.step import summarize
+    from aware_cli.pipeline.train import run_training  # noqa: F401 - same modules the CLI uses
+
+    _quiet_libraries()
+    shape = SHAPES[args.model_size]
+    overrides = ["model=tiny", "model.finetune=full", f"k={args.k}", f"trainer.batch_size={args.batch}",
+                 f"sampling.max_new_tokens={args.max_new_tokens}", "sampling.ignore_eos=true",
+                 "verifier=python", f"verifier.target={ROOT / 'scripts' / 'bench_step.py'}:random_scores", "gate.abstain=false",
+                 "gate.mode=hard", "gate.tau_mu=1.0", "gate.tau_sigma=0.0", "objective.lambda_pg=1.0",
+                 f"trainer.logprob_batch={args.logprob_batch}", "data.max_response_tokens=128",
+                 "model.tiny.max_position_embeddings=2048"] + [f"model.tiny.{k}={v}" for k, v in shape.items()]
+    cfg = compose("smoke", overrides).config
+    policy, train_set = _policy(cfg)
+    times, stages, tokens = [], [], []
+    for step in range(args.warmup + args.steps):
+        batch = [train_set[(step * args.batch + i) % len(train_set)] for i in range(args.batch)]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        records, scalars = _train_step(policy, batch, step)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+            metrics = summarize(records, [scalars])
+            stages.append({k: metrics[k] for k in metrics if k.startswith("timing_s/")})
+            tokens.append(scalars["generated"])
+    return _report(args, "aware", times, tokens, {k: statistics.median(s[k] for s in stages) for k in stages[0]})
+
+
+def _train_step(policy, batch, step):
+    from aware_cli.pipeline.step import train_step
+
+    return train_step(policy, batch, step)
+
+
+def _policy(cfg):
+    """The pieces `run_training` builds, without a run directory."""
+    from aware_cli.data.mix import load_training_data
+    from aware_cli.models import load_model, trainable_parameters
+    from aware_cli.pipeline.step import Policy
+    from aware_cli.pipeline.train import encode_examples
+    from aware_cli.pipeline.update import build_optimizer, build_scheduler
+    from aware_cli.verifiers import build_verifier
+
+    data = load_training_data(cfg.data, base_dir=ROOT)
+    model, tokenizer = load_model(cfg.model)
+    device = next(model.parameters()).device
+    prompt_ids, target_ids, _ = encode_examples(cfg, tokenizer, data.train + data.held_out)
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, cfg.trainer)
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(cfg.verifier),
+                    optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.trainer), params=params,
+                    device=device, prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=[[tokenizer.eos_token_id]])
+    return policy, data.train
+
+
+def bench_trl(args) -> dict:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return {"impl": "trl", "error": "trl is not installed (pip install trl)"}
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from aware_cli.models import load_tokenizer
+    from aware_cli.config.schema import ModelConfig
+
+    tokenizer = load_tokenizer(ModelConfig(name_or_path="tiny"))
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         max_position_embeddings=2048, tie_word_embeddings=True, **SHAPES[args.model_size])
+    model = LlamaForCausalLM(config)
+    rows = json.loads((ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json").read_text())
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}]}
+                                 for r in rows[: args.batch * (args.steps + args.warmup)]])
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+    cfg = GRPOConfig(output_dir="/tmp/aware-bench-trl", per_device_train_batch_size=args.batch * args.k,
+                     num_generations=args.k, max_completion_length=args.max_new_tokens, max_steps=args.steps + args.warmup,
+                     bf16=torch.cuda.is_available(), use_vllm=False, logging_steps=1000, save_strategy="no",
+                     report_to=[], generation_kwargs={"min_new_tokens": args.max_new_tokens})
+    trainer = GRPOTrainer(model=model, reward_funcs=lambda prompts, completions, **kw: random_scores(prompts, completions),
+                          args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    measured = times[args.warmup:]
+    return _report(args, "trl", measured, [args.batch * args.k * args.max_new_tokens] * len(measured), {})
+
+
+def _report(args, impl, times, tokens, stages) -> dict:
+    median = statistics.median(times)
+    return {"impl": impl, "model_size": args.model_size, "batch": args.batch, "k": args.k,
+            "max_new_tokens": args.max_new_tokens, "steps": len(times), "median_step_s": median,
+            "completion_tokens_per_s": statistics.median(tokens) / median, "stages_s": stages,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-size", choices=sorted(SHAPES), default="135m")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--logprob-batch", type=int, default=16)
+    parser.add_argument("--impl", choices=["aware", "trl"], default="aware")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    result = bench_aware(args) if args.impl == "aware" else bench_trl(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
