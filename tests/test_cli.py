@@ -253,3 +253,23 @@ def test_harm_verifier_gives_varying_mu_and_sigma(tmp_path, in_project_root):
     mus = {round(r["mu"], 6) for r in records}
     assert len(mus) > 1 and any(r["sigma"] > 0 for r in records)
     assert all(0.0 <= s <= 1.0 for r in records for s in r["scores"])
+
+
+@pytest.mark.parametrize("objective", ["dpo", "gapo", "shapo", "grpo", "constrained_sft"])
+def test_objectives_beyond_aware_train_from_the_cli(objective, tmp_path, in_project_root):
+    out = tmp_path / objective
+    result = aware("train", "recipe=smoke", f"output_dir={out}", f"objective={objective}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:by_prompt_parity", "k=4", "trainer.batch_size=4",
+                   "trainer.max_steps=1", "eval.every=0")
+    assert result.exit_code == 0, result.output
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
+    if objective in ("dpo", "gapo", "shapo"):
+        assert m["objective/pairs"] >= 1  # pairs formed from the scored samples
+    if objective == "constrained_sft":
+        assert m["mu_mean"] is None  # trains on the targets: nothing sampled
+
+
+def test_reference_objectives_need_lora(tmp_path):
+    result = aware("validate", "recipe=smoke", "objective=dpo", "model.finetune=full")
+    assert result.exit_code == 2 and "model.finetune=lora" in result.stderr

@@ -179,5 +179,10 @@ def check_consistency(cfg: AwareConfig) -> None:
         raise ConfigError(f"gate.tau_abstain ({cfg.gate.tau_abstain}) must not exceed gate.tau_mu ({cfg.gate.tau_mu})")
     if cfg.gate.abstain and not cfg.gate.refusals:
         raise ConfigError("gate.refusals: needs at least one refusal target when gate.abstain is true")
+    needs_reference = cfg.objective.name in ("dpo", "constrained_sft") or (
+        cfg.objective.name == "shapo" and cfg.objective.shapo_level == "reward")
+    if needs_reference and cfg.model.finetune != "lora":
+        raise ConfigError(f"objective={cfg.objective.name} needs the reference model, which aware takes from the base "
+                          f"with LoRA adapters disabled: use model.finetune=lora")
     if cfg.verifier.name == "python" and not cfg.verifier.target:
         raise ConfigError("verifier.target: the python verifier needs a dotted path `module:function`")

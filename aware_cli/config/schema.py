@@ -254,11 +254,33 @@ class GateConfig:
 class ObjectiveConfig:
     """Which loss to optimise."""
 
-    name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only).",
-                      choices=["aware", "sft", "pg"])
+    name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only), "
+                      "grpo (= pg: the group-normalised PG loss), dpo, gapo, shapo (preference losses on online "
+                      "pairs from the scored samples), constrained_sft (SFT keeping the first response tokens "
+                      "near the base model on harmful prompts). See docs/objectives.md.",
+                      choices=["aware", "sft", "pg", "grpo", "dpo", "gapo", "shapo", "constrained_sft"])
     lambda_pg: float = field(1.0, "λ_pg: weight of the PG term.", ge=0.0)
     kl_coef: float = field(0.0, "KL penalty to the reference model on the samples (0: off; LoRA only: the "
                                 "reference is the base with adapters disabled).", ge=0.0)
+    beta: float = field(0.1, "dpo/gapo/shapo: β of the preference loss.", gt=0.0)
+    label_smoothing: float = field(0.0, "dpo/shapo(reward): label smoothing (conservative DPO).", ge=0.0, lt=0.5)
+    pair_min_gap: float = field(0.3, "Online pairs: best vs worst sample when their scores differ by at least this.",
+                                ge=0.0, le=1.0)
+    pair_reference: bool = field(True, "Online pairs: also reference target vs worst sample when the worst scores "
+                                 "below 1 − pair_min_gap.")
+    rho: float = field(0.05, "gapo: radius of the adversarial anchor; shapo: radius of the worst-case perturbation.",
+                       ge=0.0)
+    weighting: str = field("softmax", "gapo: pair weights decreasing in the Anchor Gap.",
+                           choices=["softmax", "sigmoid", "none"])
+    weight_temperature: float = field(1.0, "gapo: temperature of the pair weighting.", gt=0.0)
+    shapo_level: str = field("token", "shapo: token (length-normalised likelihood surrogate) or reward (margin "
+                             "against the reference).", choices=["token", "reward"])
+    saliency_top_p: float = field(0.1, "shapo: share of trainable entries in the alignment-critical subspace.",
+                                  gt=0.0, le=1.0)
+    saliency_every: int = field(10, "shapo: recompute the subspace every N steps.", ge=1)
+    first_tokens: int = field(5, "constrained_sft: response tokens kept near the base model on harmful prompts.",
+                              ge=1)
+    constraint_coef: float = field(1.0, "constrained_sft: weight of that constraint.", ge=0.0)
 
 
 @dataclass

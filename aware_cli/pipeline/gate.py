@@ -70,7 +70,7 @@ def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float =
     zero_std = sigma is not None and sigma == 0.0
     if mu is None or sigma is None:  # nothing judged: fall back to plain SFT on y*
         return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std)
-    if objective == "pg":
+    if objective in ("pg", "grpo"):
         return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
     if is_abstain(mu, sigma, cfg):
         return GroupGate(mu, sigma, 0.0, ABSTAIN, adv, zero_std)

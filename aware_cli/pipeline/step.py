@@ -17,7 +17,8 @@ from aware_cli.data import Example
 from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
 from aware_cli.pipeline.sample import sample
-from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, clip_and_step
+from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pairwise_update
+from aware_cli.pipeline.update import UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step
 from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
 
 
@@ -38,6 +39,7 @@ class Policy:
     refusal_ids: List[List[int]]  # tokenised gate.refusals
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
+    state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -75,7 +77,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     sample_ids: List[List[List[int]]] = [[] for _ in batch]
     texts: List[List[str]] = [[] for _ in batch]
     generated = 0
-    if objective != "sft":
+    if objective not in NO_SAMPLING:
         micro = max(1, local // cfg.trainer.grad_accum)
         for start in range(0, local, micro):
             out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
@@ -86,7 +88,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
 
     # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
     stats_before = verifier_stats(policy.verifier)
-    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if objective != "sft" else [
+    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if objective not in NO_SAMPLING else [
         [] for _ in batch]
     unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
     t2 = time.perf_counter()
@@ -109,9 +111,21 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     t3 = time.perf_counter()
 
     # 4. update: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG], clipped AdamW step
+    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py)
     torch.manual_seed(seed)  # dropout, if any
-    result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k), pad_id=policy.tokenizer.pad_token_id,
-                                 device=policy.device, chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    extra: Dict[str, Any] = {}
+    if objective in PAIRWISE:
+        value, extra = pairwise_update(policy, prompts, sample_ids, scores,
+                                       [policy.target_ids[ex.id] for ex in batch], step)
+        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+    elif objective == "constrained_sft":
+        value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
+                                              [ex.harmful for ex in batch])
+        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+    else:
+        result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
+                                     pad_id=policy.tokenizer.pad_token_id, device=policy.device,
+                                     chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
     sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
     loss = sum_value(result.loss, policy.ranks)
     lr = policy.scheduler.get_last_lr()[0]
@@ -139,6 +153,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         "tokens": result.tokens + generated, "generated": generated,
         "timing_s/sample": t1 - t0, "timing_s/verify": t2 - t1, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
         **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
+        **{f"objective/{key}": float(value) for key, value in extra.items() if isinstance(value, (int, float))},
     }
     return records, scalars
 
@@ -159,6 +174,7 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
     sample_seconds = max(s["timing_s/sample"] for s in scalars)
     summed = {k: sum(s.get(k, 0.0) for s in scalars) for k in first if k.startswith("verifier")}
     slowest = {k: max(s[k] for s in scalars) for k in first if k.startswith("timing_s/")}
+    objective = {k: sum(s.get(k, 0.0) for s in scalars) / len(scalars) for k in first if k.startswith("objective/")}
     return {
         "step": first["step"], "loss": first["loss"],
         "loss_sft": _mean([r["loss_sft"] for r in records if r["loss_sft"] is not None]),
@@ -172,7 +188,7 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),
-        **slowest, **summed,
+        **slowest, **summed, **objective,
     }
 
 

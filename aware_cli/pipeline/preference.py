@@ -1,0 +1,70 @@
+"""Stage 4 for the objectives beyond AWARE: dpo, gapo, shapo on online pairs; constrained_sft.
+
+Online pairs come from the step's scored samples (`pairs_from_groups`): the best vs the worst sample
+of an input when their scores differ by at least `objective.pair_min_gap`, and (with
+`objective.pair_reference`) the reference target vs the worst sample. The losses themselves live in
+`objectives.py` (docs/objectives.md). Each function leaves the gradient in `.grad` and returns
+(loss value, diagnostics); the caller clips and steps as for AWARE.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from aware_cli.pipeline import objectives as obj
+from aware_cli.pipeline.logprobs import token_logprobs
+
+PAIRWISE = ("dpo", "gapo", "shapo")
+NO_SAMPLING = ("sft", "constrained_sft")  # these train on the targets only
+NEEDS_REFERENCE = ("dpo", "constrained_sft")  # the base model with LoRA adapters disabled
+
+
+def pairwise_update(policy, prompts: Sequence[List[int]], samples: Sequence[Sequence[List[int]]],
+                    scores: Sequence[Sequence[Optional[float]]], targets: Sequence[List[int]],
+                    step: int) -> Tuple[float, Dict[str, Any]]:
+    """dpo / gapo / shapo on the step's online pairs; no pairs → no gradient."""
+    cfg = policy.cfg.objective
+    pairs = obj.pairs_from_groups(prompts, samples, scores, min_gap=cfg.pair_min_gap,
+                                  reference=list(targets) if cfg.pair_reference else None)
+    if not pairs:
+        return 0.0, {"pairs": 0}
+    model, pad, device = policy.model, policy.tokenizer.pad_token_id, policy.device
+    if cfg.name == "dpo":
+        reference = obj.reference_logprobs(model, pairs, pad, device)
+        loss, info = obj.dpo_loss(*obj.pair_logprobs(model, pairs, pad, device), *reference, beta=cfg.beta,
+                                  label_smoothing=cfg.label_smoothing)
+        loss.backward()
+    elif cfg.name == "gapo":
+        loss, info = obj.gapo_loss(model, pairs, pad, device, policy.params, beta=cfg.beta, rho=cfg.rho,
+                                   weight_temperature=cfg.weight_temperature, weighting=cfg.weighting)
+        loss.backward()
+    else:  # shapo: the subspace is re-selected every `saliency_every` steps; shapo_loss runs its own backward
+        if policy.state.get("saliency_mask") is None or step % cfg.saliency_every == 0:
+            policy.state["saliency_mask"] = obj.saliency_mask(model, pairs, pad, device, policy.params,
+                                                              top_p=cfg.saliency_top_p, beta=cfg.beta)
+        loss, info = obj.shapo_loss(model, pairs, pad, device, policy.params, policy.state["saliency_mask"],
+                                    beta=cfg.beta, rho=cfg.rho, level=cfg.shapo_level,
+                                    label_smoothing=cfg.label_smoothing)
+    return float(loss.detach()), {"pairs": len(pairs), **info}
+
+
+def constrained_sft_update(policy, prompts: Sequence[List[int]], targets: Sequence[List[int]],
+                           harmful: Sequence[Optional[bool]]) -> Tuple[float, Dict[str, Any]]:
+    """SFT on the targets; on harmful prompts the first response tokens stay near the base model."""
+    cfg = policy.cfg.objective
+    model, pad, device = policy.model, policy.tokenizer.pad_token_id, policy.device
+    chunk, total, n = policy.cfg.trainer.logprob_batch, 0.0, len(prompts)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        logp, mask = token_logprobs(model, prompts[part], targets[part], pad, device)
+        with torch.no_grad(), model.disable_adapter():
+            ref, _ = token_logprobs(model, prompts[part], targets[part], pad, device)
+        flags = torch.tensor([bool(h) for h in harmful[part]], device=logp.device)
+        loss, _ = obj.constrained_sft_loss(logp, ref, mask, harmful=flags, first_tokens=cfg.first_tokens,
+                                           kl_coef=cfg.constraint_coef)
+        weighted = loss * (flags.numel() / n)  # a mean over rows, accumulated chunk by chunk
+        weighted.backward()
+        total += float(weighted.detach())
+    return total, {"harmful_rows": sum(bool(h) for h in harmful)}
