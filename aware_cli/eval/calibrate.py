@@ -147,12 +147,13 @@ def _sigma_threshold(sigma: np.ndarray, quantile: float) -> float:
 
 
 def _em(x: np.ndarray, iterations: int, min_sd: float) -> Dict[str, Any]:
-    """Two-component 1-D Gaussian mixture by EM: init means at the 10th/90th percentiles, fixed iterations."""
-    lo, hi = np.percentile(x, [10, 90])
-    init = "p10/p90"
-    if hi - lo < 1e-12:
-        lo, hi, init = float(x.min()), float(x.max()), "min/max (p10 = p90)"
-    means = np.array([lo, hi], dtype=np.float64)
+    """Two-component 1-D Gaussian mixture by EM: init means at min and max μ, fixed iterations.
+
+    Min/max rather than percentiles: a small misaligned mode (a few harmful prompts among many
+    benign ones, the usual calibration set) would otherwise start inside the large mode and vanish.
+    """
+    init = "min/max"
+    means = np.array([float(x.min()), float(x.max())], dtype=np.float64)
     sds = np.full(2, max(float(x.std()), min_sd))
     weights = np.array([0.5, 0.5])
     loglik = -math.inf
@@ -205,8 +206,8 @@ def fit_mixture(mu: np.ndarray, sigma: np.ndarray, base: GateConfig, *, iteratio
                 sigma_quantile: float = 0.5) -> Tuple[GateConfig, Dict[str, Any]]:
     """method=mixture. The rule, exactly:
 
-    1. Fit a 2-component Gaussian mixture to the μ of the points by EM: means initialised at the
-       10th and 90th percentiles of μ (at min and max μ when those coincide), both sds at the std
+    1. Fit a 2-component Gaussian mixture to the μ of the points by EM: means initialised at
+       the minimum and maximum μ, both sds at the std
        of μ, weights 1/2; `iterations` (200) EM iterations, no early stop; every sd is floored at
        `min_sd` (0.02) because μ of k scores takes few distinct values. Components are ordered by
        mean: (w_low, m_low, s_low), (w_high, m_high, s_high).
@@ -214,8 +215,10 @@ def fit_mixture(mu: np.ndarray, sigma: np.ndarray, base: GateConfig, *, iteratio
        equal (0.5), found by bisection (m_low or m_high when one component dominates the whole
        interval), clipped to [0.05, 0.95].
     3. τ_abstain = min(τ_μ, m_low + `abstain_sd`·s_low) (abstain_sd = 1), clipped to [0, τ_μ].
-    4. τ_σ = the `sigma_quantile` (0.5, linear interpolation) of σ over the points with σ > 0;
-       0.1 (the algorithm default) when every σ is 0.
+    4. τ_σ = the largest σ among the points with μ ≤ τ_abstain (so every point of the
+       consistently misaligned mode abstains), at least `min_sd`; when no point has μ ≤ τ_abstain,
+       the `sigma_quantile` (0.5, linear interpolation) of σ over the points with σ > 0, or 0.1
+       (the algorithm default) when every σ is 0.
     Thresholds are rounded to 4 decimals. Raises CalibrationError with fewer than 4 points, when
     every μ is equal, or when the mixture has one mode only (means closer than 1e-6 or an empty
     component).
@@ -235,13 +238,16 @@ def fit_mixture(mu: np.ndarray, sigma: np.ndarray, base: GateConfig, *, iteratio
     boundary, how = _boundary(means, sds, weights)
     tau_mu = round(min(max(boundary, 0.05), 0.95), 4)
     tau_abstain = round(min(max(min(tau_mu, float(means[0] + abstain_sd * sds[0])), 0.0), tau_mu), 4)
-    tau_sigma = round(min(max(_sigma_threshold(sigma, sigma_quantile), 0.0), 1.0), 4)
+    low_mode = sigma[mu <= tau_abstain]
+    chosen = max(float(low_mode.max()), min_sd) if len(low_mode) else _sigma_threshold(sigma, sigma_quantile)
+    tau_sigma = round(min(max(chosen, 0.0), 1.0), 4)
     gate = dataclasses.replace(base, tau_mu=tau_mu, tau_sigma=tau_sigma, tau_abstain=tau_abstain)
     details = {
         "components": [{"weight": float(weights[i]), "mean": float(means[i]), "sd": float(sds[i])} for i in (0, 1)],
         "boundary": float(boundary), "boundary_rule": how, "loglik": em["loglik"], "init": em["init"],
         "iterations": int(iterations), "min_sd": float(min_sd), "abstain_sd": float(abstain_sd),
-        "sigma_quantile": float(sigma_quantile), "sigma_rule": "quantile of σ > 0" if (sigma > 0).any()
+        "sigma_quantile": float(sigma_quantile), "sigma_rule": "max σ with μ ≤ τ_abstain" if len(low_mode) else
+        "quantile of σ > 0" if (sigma > 0).any()
         else "every σ is 0: default 0.1",
     }
     return gate, details

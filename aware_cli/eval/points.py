@@ -11,7 +11,8 @@ from typing import Any, Dict, List
 from rich.console import Console
 
 from aware_cli.config.schema import AwareConfig
-from aware_cli.data import build_prompt_ids, load_examples, split_examples
+from aware_cli.data import build_prompt_ids
+from aware_cli.data.mix import load_training_data
 from aware_cli.eval.align_plot import points_from_scores
 from aware_cli.models.trained import load_for_eval
 from aware_cli.pipeline.sample import sample
@@ -19,13 +20,10 @@ from aware_cli.pipeline.verify import verify
 from aware_cli.verifiers import build_verifier
 
 
-def compute_points(cfg: AwareConfig, limit: int, console: Console, *, held_out: bool = True) -> List[Dict[str, Any]]:
-    """Points for `limit` prompts of the recipe's data (its held-out rows first) under its gate."""
-    examples = load_examples(cfg.data)
-    if held_out and cfg.data.eval_size:
-        train, held = split_examples(examples, cfg.data.eval_size)
-        examples = held + train
-    examples = examples[:limit]
+def compute_points(cfg: AwareConfig, limit: int, console: Console) -> List[Dict[str, Any]]:
+    """Points for the first `limit` training prompts of the recipe (mixed-in rows included) under its gate."""
+    data = load_training_data(cfg.data)
+    examples = (data.train + data.held_out)[:limit]
     model, tokenizer, _ = load_for_eval(cfg.model)
     device = next(model.parameters()).device
     verifier_cfg = cfg.verifier

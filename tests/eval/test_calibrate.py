@@ -37,10 +37,11 @@ def test_mixture_puts_tau_mu_between_the_modes():
     assert high["mean"] == pytest.approx(np.mean([p["mu"] for p in points[20:]]), abs=1e-3)
     assert 0.21 < gate.tau_mu < 0.80
     assert _posterior_high(report["details"]["boundary"], (low, high)) == pytest.approx(0.5, abs=1e-6)
-    # τ_abstain = min(τ_μ, m_low + 1·s_low); τ_σ = median of the σ > 0
+    # τ_abstain = min(τ_μ, m_low + 1·s_low); τ_σ = the largest σ among points with μ ≤ τ_abstain
     assert gate.tau_abstain == pytest.approx(min(gate.tau_mu, low["mean"] + low["sd"]), abs=1e-4)
-    sigmas = np.array([p["sigma"] for p in points])
-    assert gate.tau_sigma == pytest.approx(float(np.median(sigmas[sigmas > 0])), abs=1e-4)
+    low_mode = [p["sigma"] for p in points if p["mu"] <= gate.tau_abstain]
+    assert gate.tau_sigma == pytest.approx(max(low_mode), abs=1e-4)
+    assert all(regime_of(p["mu"], p["sigma"], gate)[1] == "abstain" for p in points if p["mu"] <= gate.tau_abstain)
     assert 0.0 <= gate.tau_abstain <= gate.tau_mu
     # only the thresholds change
     assert dataclasses.replace(gate, tau_mu=0.8, tau_sigma=0.1, tau_abstain=0.2) == GateConfig()
@@ -56,10 +57,10 @@ def test_mixture_boundary_follows_the_modes():
     assert moved.tau_mu > base.tau_mu + 0.1
 
 
-def test_mixture_all_sigma_zero_gives_the_default_tau_sigma():
+def test_mixture_all_sigma_zero_gives_the_floor_tau_sigma():
     points = [(0.0, 0.0)] * 5 + [(1.0, 0.0)] * 5
     gate, report = fit_gate(points, GateConfig(), "mixture")
-    assert gate.tau_sigma == 0.1
+    assert gate.tau_sigma == 0.02  # the low mode's largest σ is 0: floored at min_sd
     assert 0.05 <= gate.tau_mu <= 0.95
 
 
