@@ -14,7 +14,7 @@ Two methods (rules stated exactly in `fit_mixture` and `fit_shares`):
   regimes match target shares as closely as the points allow.
 
 Regimes of a point are decided exactly as `pipeline.gate.gate_group` decides them from (μ, σ),
-using its `is_abstain`, `soft_beta` and `hard_beta` (`regime_of`).
+using its `beta_and_regime` (`regime_of`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import yaml
 from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import suggest
 from aware_cli.errors import ConfigError
-from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, hard_beta, is_abstain, soft_beta
+from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, beta_and_regime, is_abstain
 
 REGIMES = (SFT, PG, ABSTAIN)
 METHODS = ("mixture", "shares")
@@ -51,15 +51,7 @@ def regime_of(mu: float, sigma: float, gate: GateConfig, dual: float = 1.0) -> T
 
     For the lagrangian gate the dual variable λ is taken as `dual` (1: the plain soft gate).
     """
-    if is_abstain(mu, sigma, gate):
-        return 0.0, ABSTAIN
-    if gate.mode == "hard":
-        beta = hard_beta(mu, sigma, gate)
-    else:
-        beta = soft_beta(mu, sigma, gate)
-        if gate.mode == "lagrangian":
-            beta = min(1.0, beta * dual)
-    return beta, PG if beta >= gate.pg_threshold or (gate.mode == "hard" and beta > 0) else SFT
+    return beta_and_regime(mu, sigma, gate, dual)
 
 
 def regime_counts(mu: np.ndarray, sigma: np.ndarray, gate: GateConfig) -> Dict[str, int]:
@@ -310,7 +302,7 @@ def fit_shares(mu: np.ndarray, sigma: np.ndarray, base: GateConfig, *, abstain_s
        μ = 0, else abstention is switched off (abstain: false).
     2. τ_μ (skipped when p is None): for each point that does not abstain, t_i = the smallest τ_μ
        in [0, 1] that puts it in pg under the base gate's mode, T, λ_σ and pg_threshold (bisection
-       on `soft_beta` / `hard_beta`; points that are never pg are left out). Sort the t_i: the
+       on the gate's β (`regime_of`); points that are never pg are left out). Sort the t_i: the
        option "τ_μ ≥ t_(j)" gives ≥ j pg points; pick the option whose count is closest to p·n
        (ties: the smaller count) and set τ_μ from [t_(j), t_(j+1)) as in 1. (from [0, t_(1)) for
        zero pg points). Training requires τ_abstain ≤ τ_μ, so with abstention on only options

@@ -72,16 +72,21 @@ def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float =
         return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std)
     if objective in ("pg", "grpo"):
         return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
+    beta, regime = beta_and_regime(mu, sigma, cfg, dual)
+    return GroupGate(mu, sigma, beta, regime, adv, zero_std)
+
+
+def beta_and_regime(mu: float, sigma: float, cfg: GateConfig, dual: float = 1.0) -> tuple[float, str]:
+    """(β, regime) of a judged input at (μ, σ) under objective=aware; also used by `aware calibrate`."""
     if is_abstain(mu, sigma, cfg):
-        return GroupGate(mu, sigma, 0.0, ABSTAIN, adv, zero_std)
+        return 0.0, ABSTAIN
     if cfg.mode == "hard":
         beta = hard_beta(mu, sigma, cfg)
     else:
         beta = soft_beta(mu, sigma, cfg)
         if cfg.mode == "lagrangian":
             beta = min(1.0, beta * dual)
-    regime = PG if beta >= cfg.pg_threshold or (cfg.mode == "hard" and beta > 0) else SFT
-    return GroupGate(mu, sigma, beta, regime, adv, zero_std)
+    return beta, PG if beta >= cfg.pg_threshold or (cfg.mode == "hard" and beta > 0) else SFT
 
 
 def update_dual(dual: float, mean_mu: Optional[float], cfg: GateConfig) -> float:

@@ -303,16 +303,10 @@ class GuardJudge:
         return self.tokenizer.decode(ids[:keep]) + (" [...]" if keep < len(ids) else "")
 
     def _pack(self, inputs: List[List[int]]):
-        import torch
+        from aware_cli.pipeline.logprobs import pack_left
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(x) for x in inputs)
-        ids = torch.full((len(inputs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long)
-            attention[row, width - len(x):] = 1
-        return ids.to(self.device), attention.to(self.device)
+        return pack_left(inputs, pad, self.device)
 
     def _generate(self, inputs: List[List[int]], max_new_tokens: int) -> List[str]:
         import torch

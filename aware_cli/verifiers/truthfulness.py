@@ -71,19 +71,8 @@ class _EmbeddingSimilarity:
         index = {t: k for k, t in enumerate(texts)}
         emb = (get_encoder(self.name, encoder_device(self.device)).encode(texts, batch_size=self.batch_size)
                if texts else torch.zeros(0, 1))
-        out = []
-        for response, sets in zip(responses, answer_sets):
-            row = []
-            for answers in sets:
-                if not answers:
-                    row.append(None)
-                elif not response.strip():
-                    row.append(0.0)
-                else:
-                    sims = emb[[index[a] for a in answers]] @ emb[index[response]]
-                    row.append(float(sims.max()))
-            out.append(row)
-        return out
+        return _best_per_set(responses, answer_sets,
+                             lambda response, answers: float((emb[[index[a] for a in answers]] @ emb[index[response]]).max()))
 
 
 class _RougeSimilarity:
@@ -96,18 +85,16 @@ class _RougeSimilarity:
 
     def best(self, responses: Sequence[str],
              answer_sets: Sequence[Sequence[Sequence[str]]]) -> List[List[Optional[float]]]:
-        out = []
-        for response, sets in zip(responses, answer_sets):
-            row = []
-            for answers in sets:
-                if not answers:
-                    row.append(None)
-                elif not response.strip():
-                    row.append(0.0)
-                else:
-                    row.append(max(self.scorer.score(a, response)["rougeL"].fmeasure for a in answers))
-            out.append(row)
-        return out
+        return _best_per_set(responses, answer_sets,
+                             lambda response, answers: max(self.scorer.score(a, response)["rougeL"].fmeasure
+                                                           for a in answers))
+
+
+def _best_per_set(responses, answer_sets, best_of) -> List[List[Optional[float]]]:
+    """`best_of(response, answers)` for each response and each of its answer lists: None for an empty
+    list, 0 for an empty response."""
+    return [[None if not answers else 0.0 if not response.strip() else best_of(response, answers)
+             for answers in sets] for response, sets in zip(responses, answer_sets)]
 
 
 @register_verifier("truthfulness")
