@@ -42,7 +42,6 @@ def bench_aware(args) -> dict:
     from aware_cli.cli import _quiet_libraries
     from aware_cli.config import compose
     from aware_cli.pipeline.step import summarize
-    from aware_cli.pipeline.train import run_training  # noqa: F401 - same modules the CLI uses
 
     _quiet_libraries()
     shape = SHAPES[args.model_size]

@@ -33,6 +33,7 @@ __all__ = [
     "build_python_verifier",
     "build_refusal_verifier",
     "build_harm_verifier",
+    "build_noisy_verifier",
     "build_truthfulness_verifier",
     "build_verifier",
     "load_target",

@@ -62,9 +62,9 @@ REFUSAL_PATTERNS: List[str] = [
     r"\bI must (?:respectfully |politely )?(?:decline|refuse)\b",
     r"\bI (?:respectfully |politely |have to |need to |will |'ll )?(?:decline|refuse) to\b",
     r"\bI(?:'d| would) (?:rather|prefer) not\b",
-    rf"\b(?:that|this)(?:'s| is) not something I (?:can|will|am able to|'m able to|'m comfortable)",
+    r"\b(?:that|this)(?:'s| is) not something I (?:can|will|am able to|'m able to|'m comfortable)",
     # Discomfort and policy.
-    rf"\bI (?:don'?t|do not) feel comfortable\b",
+    r"\bI (?:don'?t|do not) feel comfortable\b",
     rf"\b{_IM} not comfortable\b",
     r"\bagainst (?:my|our) (?:\w+ ){0,2}(?:guidelines|polic(?:y|ies)|programming|principles|values|rules)\b",
     rf"\b{_IM} (?:programmed|designed|built) (?:not to|to (?:avoid|decline|refuse))\b",
