@@ -3,6 +3,7 @@
     python scripts/bench_sampling.py                       # embedded SmolLM2-135M, B=4 prompts × k=4, 64 tokens
     python scripts/bench_sampling.py --model tiny --repeats 3
     python scripts/bench_sampling.py --no-eos              # force every sample to the full length (equal work)
+    python scripts/bench_sampling.py --dtype bfloat16      # also sample from bf16 weights (sampling.dtype)
 
 Prompts are real Alpaca instructions in the chat template. With EOS allowed (the default) both
 engines sample real responses of different lengths; tokens/s counts the tokens each produced.
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-eos", action="store_true", help="never stop early: every sample is max-new-tokens long")
+    parser.add_argument("--dtype", default="bfloat16", choices=["model", "bfloat16", "float16"],
+                        help="sampling.dtype of the extra rows (aware and hf with cast weights)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json"))
     args = parser.parse_args()
 
@@ -50,28 +53,34 @@ def main() -> int:
 
         sample_module.eos_token_ids = lambda model, tokenizer: [-1]
 
-    def run(engine: str, seed: int):
+    def run(engine: str, dtype: str, seed: int):
         start = time.perf_counter()
         out = generate(model, tokenizer, prompts, num_return=args.k, max_new_tokens=args.max_new_tokens,
-                       do_sample=True, temperature=1.0, top_p=1.0, seed=seed, device=device, engine=engine)
+                       do_sample=True, temperature=1.0, top_p=1.0, seed=seed, device=device, engine=engine,
+                       dtype=dtype)
         return time.perf_counter() - start, out.num_tokens
 
+    # hf = plain model.generate in the model's precision: the baseline every speedup is against
+    variants = {"hf": ("hf", "model"), "aware": ("aware", "model")}
+    if args.dtype != "model":
+        variants.update({f"aware_{args.dtype}": ("aware", args.dtype), f"hf_{args.dtype}": ("hf", args.dtype)})
     results = {}
-    for engine in ("hf", "aware"):
-        run(engine, 0)  # warm-up
+    for name, (engine, dtype) in variants.items():
+        run(engine, dtype, 0)  # warm-up
         times, tokens = [], []
         for repeat in range(args.repeats):
-            seconds, count = run(engine, 100 + repeat)
+            seconds, count = run(engine, dtype, 100 + repeat)
             times.append(seconds)
             tokens.append(count)
-        results[engine] = {"median_s": statistics.median(times), "tokens": tokens,
-                           "tokens_per_s": sum(tokens) / sum(times)}
+        results[name] = {"median_s": statistics.median(times), "tokens": tokens,
+                         "tokens_per_s": sum(tokens) / sum(times)}
     report = {
         "bench": "sampling", "model": cfg.model.name_or_path if args.model == "smollm2" else args.model,
         "batch": args.batch, "k": args.k, "max_new_tokens": args.max_new_tokens, "eos": not args.no_eos,
         "prompt_tokens": [len(p) for p in prompts], "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "hf": results["hf"], "aware": results["aware"],
-        "speedup_tokens_per_s": results["aware"]["tokens_per_s"] / results["hf"]["tokens_per_s"],
+        "torch": torch.__version__, **results,
+        "speedup_tokens_per_s": {name: r["tokens_per_s"] / results["hf"]["tokens_per_s"]
+                                 for name, r in results.items() if name != "hf"},
     }
     print(json.dumps(report))
     return 0

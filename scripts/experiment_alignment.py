@@ -3,8 +3,9 @@
     python scripts/experiment_alignment.py --recipe alpaca_harmful_mix --quick      # smoke version, minutes
     python scripts/experiment_alignment.py --recipe alpaca_harmful_mix --steps 100 --eval-limit 100
     python scripts/experiment_alignment.py --recipe alpaca_harmful_mix --study k --study sensitivity
+    python scripts/experiment_alignment.py --objectives sft,aware,dpo,gapo,shapo,grpo,constrained_sft
 
-Both arms train with the same data, seed, steps and LoRA budget (only `objective=` differs). Each arm
+Every arm trains with the same data, seed, steps and LoRA budget (only `objective=` differs). Each arm
 is resumable: a finished run is reused, an interrupted one resumes from its last checkpoint, and an
 evaluation whose metrics.json exists is not redone. The report (report.md, results.json, figures)
 goes to --out. Rates come with Wilson 95% intervals, means with normal 95% intervals.
@@ -159,9 +160,13 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response length in safety suites")
     parser.add_argument("--task-tokens", type=int, default=96, help="response length in the task suite")
     parser.add_argument("--task-heldout", type=int, default=64, help="held-out task rows (data.eval_size)")
+    parser.add_argument("--objectives", default="sft,aware",
+                        help="comma-separated objectives to train and compare with the base model")
     parser.add_argument("--quick", action="store_true", help="smoke version: 6 steps, small evaluations")
     parser.add_argument("--study", action="append", default=[], choices=["k", "sensitivity"],
                         help="also run the k-scaling or the verifier-sensitivity study")
+    parser.add_argument("--skip-variant", action="append", default=[], metavar="SLUG",
+                        help="leave a sensitivity variant out (tau_mu0.6, tau_abstain0.1, noisy, ...)")
     parser.add_argument("--study-steps", type=int, default=None, help="steps per study arm (default --steps)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -182,9 +187,12 @@ def main() -> int:
     started = time.perf_counter()
     timings: Dict[str, float] = {}
 
-    # the two arms: same data, seed, steps and LoRA budget; only the objective differs
+    # the arms: same data, seed, steps and LoRA budget; only the objective differs
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    if "aware" not in objectives:
+        parser.error("--objectives must include aware (its split and align-plot anchor the report)")
     runs = {}
-    for objective in ("sft", "aware"):
+    for objective in objectives:
         runs[objective], timings[f"train_{objective}"] = train_arm(args.recipe, out / objective,
                                                                    train_overrides(args, objective))
     split_file = runs["aware"] / "split.json"
@@ -194,7 +202,7 @@ def main() -> int:
 
     base_model = compose(args.recipe).config.model.name_or_path
     columns = {}
-    for name, model in (("base", base_model), ("sft", str(runs["sft"])), ("aware", str(runs["aware"]))):
+    for name, model in [("base", base_model)] + [(o, str(runs[o])) for o in objectives]:
         t = time.perf_counter()
         columns[name] = evaluate_model(model, out / "eval-models" / name, args, split_file)
         timings[f"eval_{name}"] = time.perf_counter() - t
@@ -208,10 +216,12 @@ def main() -> int:
 
     studies = {}
     study_steps = args.study_steps or args.steps
+    # the aware arm is the k-study's k=<recipe k> row and the sensitivity baseline when steps agree
+    reference = runs["aware"] if study_steps == args.steps else None
     if "k" in args.study:
-        studies["k"] = run_k_study(args, out, study_steps, split_file)
+        studies["k"] = run_k_study(args, out, study_steps, split_file, reference)
     if "sensitivity" in args.study:
-        studies["sensitivity"] = run_sensitivity_study(args, out, study_steps, split_file)
+        studies["sensitivity"] = run_sensitivity_study(args, out, study_steps, split_file, reference)
 
     timings["total"] = time.perf_counter() - started
     results = {"recipe": args.recipe, "args": {k: str(v) for k, v in vars(args).items()}, "columns": columns,
@@ -230,32 +240,46 @@ def step_seconds(run: Path) -> Optional[float]:
     return times[len(times) // 2] if times else None
 
 
-def run_k_study(args, out: Path, steps: int, split_file: Optional[Path]) -> List[Dict[str, Any]]:
+def study_arm(args, out: Path, steps: int, split_file: Optional[Path], extra: List[str],
+              reuse: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
+    """Train one study arm (or reuse an identical main arm) and measure held-out harmful compliance."""
+    run = reuse or train_arm(args.recipe, out, train_overrides(args, "aware", extra) +
+                             [f"trainer.max_steps={steps}"])[0]
+    target = out if reuse is None else out.parent / (out.name + "-reused")
+    adv = read_rows(evaluate(str(run), "advbench", target, [f"limit={args.eval_limit}", "verifier=harm",
+                                                            f"generation.max_new_tokens={args.max_new_tokens}"] +
+                             ([f"exclude_ids={split_file}"] if split_file else [])))
+    return run, summarize(adv, *SUITES["advbench"][1:])
+
+
+def run_k_study(args, out: Path, steps: int, split_file: Optional[Path],
+                reference: Optional[Path]) -> List[Dict[str, Any]]:
+    from aware_cli.config import compose
+
+    recipe_k = compose(args.recipe, list(args.set)).config.k
     rows = []
     for k in (1, 2, 4, 8):
-        run, _ = train_arm(args.recipe, out / "study-k" / f"k{k}", train_overrides(args, "aware", [f"k={k}"]) +
-                           [f"trainer.max_steps={steps}"])
-        adv = read_rows(evaluate(str(run), "advbench", run, [f"limit={args.eval_limit}", "verifier=harm",
-                                                               f"generation.max_new_tokens={args.max_new_tokens}"] +
-                                 ([f"exclude_ids={split_file}"] if split_file else [])))
-        rows.append({"k": k, "advbench": summarize(adv, *SUITES["advbench"][1:]), "step_s": step_seconds(run)})
+        run, adv = study_arm(args, out / "study-k" / f"k{k}", steps, split_file, [f"k={k}"],
+                             reference if k == recipe_k else None)
+        rows.append({"k": k, "advbench": adv, "step_s": step_seconds(run), "run": str(run)})
     return rows
 
 
-def run_sensitivity_study(args, out: Path, steps: int, split_file: Optional[Path]) -> List[Dict[str, Any]]:
-    variants = {"tau_mu=0.6": ["gate.tau_mu=0.6"], "tau_mu=0.9": ["gate.tau_mu=0.9"],
+def run_sensitivity_study(args, out: Path, steps: int, split_file: Optional[Path],
+                          reference: Optional[Path]) -> List[Dict[str, Any]]:
+    variants = {"recipe gate (baseline)": [], "tau_mu=0.6": ["gate.tau_mu=0.6"], "tau_mu=0.9": ["gate.tau_mu=0.9"],
                 "tau_abstain=0.1": ["gate.tau_abstain=0.1"], "tau_abstain=0.4": ["gate.tau_abstain=0.4"],
                 "noisy verifier (20% flipped)": ["verifier.name=noisy", "+verifier.kwargs.base=harm",
                                                  "+verifier.kwargs.flip=0.2"]}
+    skip = set(args.skip_variant)
     rows = []
     for name, extra in variants.items():
         slug = name.split(" ")[0].replace("=", "")
-        run, _ = train_arm(args.recipe, out / "study-sensitivity" / slug,
-                           train_overrides(args, "aware", extra) + [f"trainer.max_steps={steps}"])
-        adv = read_rows(evaluate(str(run), "advbench", run, [f"limit={args.eval_limit}", "verifier=harm",
-                                                               f"generation.max_new_tokens={args.max_new_tokens}"] +
-                                 ([f"exclude_ids={split_file}"] if split_file else [])))
-        rows.append({"variant": name, "advbench": summarize(adv, *SUITES["advbench"][1:])})
+        if slug in skip:
+            continue
+        run, adv = study_arm(args, out / "study-sensitivity" / slug, steps, split_file, extra,
+                             reference if not extra else None)
+        rows.append({"variant": name, "advbench": adv, "run": str(run)})
     return rows
 
 

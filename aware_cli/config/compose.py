@@ -184,5 +184,10 @@ def check_consistency(cfg: AwareConfig) -> None:
     if needs_reference and cfg.model.finetune != "lora":
         raise ConfigError(f"objective={cfg.objective.name} needs the reference model, which aware takes from the base "
                           f"with LoRA adapters disabled: use model.finetune=lora")
+    if cfg.objective.pairs_path and cfg.objective.name not in ("dpo", "gapo", "shapo"):
+        raise ConfigError(f"objective.pairs_path: offline preference pairs train objective=dpo, gapo or shapo, "
+                          f"not objective={cfg.objective.name}")
+    if cfg.objective.pairs_path and cfg.data.mix.path:
+        raise ConfigError("data.mix.path: cannot be mixed into offline preference pairs (objective.pairs_path)")
     if cfg.verifier.name == "python" and not cfg.verifier.target:
         raise ConfigError("verifier.target: the python verifier needs a dotted path `module:function`")

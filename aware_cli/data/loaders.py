@@ -112,7 +112,8 @@ def _resolve_source(cfg: DataConfig, base_dir: Optional[Path]) -> _Source:
         return _Source("hf", str(path))
     if cfg.format == "hf" or _looks_like_hub_id(cfg.path):
         return _Source("hf", cfg.path, not_local=str(path))
-    raise DataError(f"data.path: file not found: {path}")
+    hint = f"; {cfg.missing_hint}" if cfg.missing_hint else ""  # data we cannot ship says where to get it
+    raise DataError(f"data.path: file not found: {path}{hint}")
 
 
 def _looks_like_hub_id(text: str) -> bool:

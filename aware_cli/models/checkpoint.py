@@ -23,18 +23,20 @@ FULL_WEIGHTS = "model.safetensors"
 FULL_WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-def save_model(model, tokenizer, out_dir: Path, *, base_model_path: Optional[str] = None) -> None:
+def save_model(model, tokenizer, out_dir: Path, *, base_model_path: Optional[str] = None,
+               state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """Write `model` (adapter only if it is a PeftModel) and `tokenizer` into `out_dir`.
 
     `base_model_path` is recorded as the adapter's base model, so that the adapter can be
     loaded again offline (for the embedded model: its cached Hugging Face directory).
+    `state_dict` replaces the model's own weights (whole tensors gathered from FSDP2 shards).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if _is_peft(model):
-        _save_adapter(model, out_dir, base_model_path)
+        _save_adapter(model, out_dir, base_model_path, state_dict)
     else:
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
 
 
@@ -67,14 +69,14 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _save_adapter(model, out_dir: Path, base: Optional[str]) -> None:
+def _save_adapter(model, out_dir: Path, base: Optional[str], state_dict=None) -> None:
     configs = model.peft_config.values()
     recorded = [config.base_model_name_or_path for config in configs]
     if base is not None:
         for config in configs:
             config.base_model_name_or_path = base
     try:
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     finally:  # the live model keeps what peft recorded
         for config, original in zip(configs, recorded):
             config.base_model_name_or_path = original

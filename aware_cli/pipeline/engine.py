@@ -7,16 +7,48 @@ Compared with `model.generate` on the B×k repeated prompts it
   the sequences still running;
 - samples with temperature / top-p on the model's device from its own seeded generator, so
   sampling does not touch (or depend on) the global RNG.
-The policy is used as it is (LoRA applied on the fly, no copy, no reload).
+The policy is used as it is (LoRA applied on the fly, no reload). With `sampling.dtype=bfloat16`
+the weights are swapped for a cast copy during sampling (`sampling_precision`); the copy of a weight
+is kept until that weight changes, so frozen LoRA bases are cast once per run.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import contextlib
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 
 from aware_cli.pipeline.logprobs import pack_left, position_ids
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def sampling_precision(model, dtype: str = "model") -> Iterator[None]:
+    """Run the model with its floating-point weights cast to `dtype`; restore them afterwards.
+
+    A cast copy is reused while the weight's version counter is unchanged (optimizer steps and
+    loads bump it), so only trainable weights are re-cast each step. Sharded (DTensor) weights are
+    left as they are: FSDP2 gathers them itself.
+    """
+    target = DTYPES.get(dtype)
+    params = [p for p in model.parameters() if target is not None and p.is_floating_point()
+              and p.dtype != target and type(p.data) is torch.Tensor]
+    originals = [p.data for p in params]
+    try:
+        for p in params:
+            cached = getattr(p, "_aware_cast", None)  # lives and dies with the parameter
+            key = (p._version, p.data_ptr())
+            if cached is None or cached[0] != key:
+                cached = (key, p.data.to(target))
+                p._aware_cast = cached
+            p.data = cached[1]
+        yield
+    finally:
+        for p, original in zip(params, originals):
+            p.data = original
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,

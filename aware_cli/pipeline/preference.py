@@ -1,18 +1,24 @@
-"""Stage 4 for the objectives beyond AWARE: dpo, gapo, shapo on online pairs; constrained_sft.
+"""Stage 4 for the objectives beyond AWARE: dpo, gapo, shapo on online or offline pairs; constrained_sft.
 
 Online pairs come from the step's scored samples (`pairs_from_groups`): the best vs the worst sample
 of an input when their scores differ by at least `objective.pair_min_gap`, and (with
-`objective.pair_reference`) the reference target vs the worst sample. The losses themselves live in
-`objectives.py` (docs/objectives.md). Each function leaves the gradient in `.grad` and returns
-(loss value, diagnostics); the caller clips and steps as for AWARE.
+`objective.pair_reference`) the reference target vs the worst sample. Offline pairs come from the
+file `objective.pairs_path` (`offline_training_data`); both go through `pair_update`. The losses
+themselves live in `objectives.py` (docs/objectives.md). Each update leaves the gradient in `.grad`
+and returns (loss value, diagnostics); the caller clips and steps as for AWARE.
 """
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from aware_cli.config.schema import AwareConfig
+from aware_cli.data import Example, split_examples
+from aware_cli.data.mix import TrainingData
 from aware_cli.pipeline import objectives as obj
 from aware_cli.pipeline.logprobs import token_logprobs
 
@@ -28,6 +34,16 @@ def pairwise_update(policy, prompts: Sequence[List[int]], samples: Sequence[Sequ
     cfg = policy.cfg.objective
     pairs = obj.pairs_from_groups(prompts, samples, scores, min_gap=cfg.pair_min_gap,
                                   reference=list(targets) if cfg.pair_reference else None)
+    return pair_update(policy, pairs, step)
+
+
+def pair_update(policy, pairs: Sequence[obj.Pair], step: int, scale: float = 1.0) -> Tuple[float, Dict[str, Any]]:
+    """The dpo / gapo / shapo loss on `pairs`, its gradient times `scale` added to `.grad`; no pairs → no gradient.
+
+    Returns (scale × loss, {"pairs": n, **the loss's info}). Offline pairs pass scale = this rank's
+    share of the global batch, so the values and gradients summed over ranks are the global mean.
+    """
+    cfg = policy.cfg.objective
     if not pairs:
         return 0.0, {"pairs": 0}
     model, pad, device = policy.model, policy.tokenizer.pad_token_id, policy.device
@@ -35,19 +51,40 @@ def pairwise_update(policy, prompts: Sequence[List[int]], samples: Sequence[Sequ
         reference = obj.reference_logprobs(model, pairs, pad, device)
         loss, info = obj.dpo_loss(*obj.pair_logprobs(model, pairs, pad, device), *reference, beta=cfg.beta,
                                   label_smoothing=cfg.label_smoothing)
-        loss.backward()
+        (loss * scale).backward()
     elif cfg.name == "gapo":
         loss, info = obj.gapo_loss(model, pairs, pad, device, policy.params, beta=cfg.beta, rho=cfg.rho,
                                    weight_temperature=cfg.weight_temperature, weighting=cfg.weighting)
-        loss.backward()
+        (loss * scale).backward()
     else:  # shapo: the subspace is re-selected every `saliency_every` steps; shapo_loss runs its own backward
         if policy.state.get("saliency_mask") is None or step % cfg.saliency_every == 0:
             policy.state["saliency_mask"] = obj.saliency_mask(model, pairs, pad, device, policy.params,
                                                               top_p=cfg.saliency_top_p, beta=cfg.beta)
         loss, info = obj.shapo_loss(model, pairs, pad, device, policy.params, policy.state["saliency_mask"],
                                     beta=cfg.beta, rho=cfg.rho, level=cfg.shapo_level,
-                                    label_smoothing=cfg.label_smoothing)
-    return float(loss.detach()), {"pairs": len(pairs), **info}
+                                    label_smoothing=cfg.label_smoothing, backward_scale=scale)
+    return float(loss.detach()) * scale, {"pairs": len(pairs), **info}
+
+
+def offline_training_data(cfg: AwareConfig, base_dir: Optional[Path] = None) -> TrainingData:
+    """`objective.pairs_path` as training data: one Example per pair, response = chosen, meta["rejected"].
+
+    The file takes data.path's place: a relative path resolves against `base_dir` (default: the
+    working directory), and data.shuffle / seed / limit / eval_size apply as to data.path rows (the
+    held-out pairs' prompts and chosen responses feed the in-training evaluation).
+    """
+    data = cfg.data
+    path = (Path(base_dir or Path.cwd()) / Path(cfg.objective.pairs_path).expanduser()).resolve()
+    examples = [Example(id=str(index), prompt=row["prompt"], response=row["chosen"],
+                        meta={"source": str(path), "history": row["history"], "rejected": row["rejected"]})
+                for index, row in enumerate(obj.load_preference_pairs(path))]
+    if data.shuffle:
+        random.Random(data.seed).shuffle(examples)
+    if data.limit is not None:
+        examples = examples[:data.limit]
+    train, held_out = split_examples(examples, data.eval_size)
+    split = {"data": cfg.objective.pairs_path, "seed": data.seed, "task_heldout_ids": [ex.id for ex in held_out]}
+    return TrainingData(train=train, held_out=held_out, split=split)
 
 
 def constrained_sft_update(policy, prompts: Sequence[List[int]], targets: Sequence[List[int]],

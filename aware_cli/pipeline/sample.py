@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from aware_cli.config.schema import SamplingConfig
-from aware_cli.pipeline.engine import generate_k
+from aware_cli.pipeline.engine import generate_k, sampling_precision
 from aware_cli.pipeline.logprobs import pack_left
 
 
@@ -42,12 +42,21 @@ def eos_token_ids(model, tokenizer) -> List[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
-             device: torch.device, engine: str = "aware", ignore_eos: bool = False) -> Samples:
+             device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model") -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
     engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch);
     engine=hf: transformers' `generate` on the repeated, left-padded prompts.
+    dtype: the weights' precision while sampling (`engine.sampling_precision`).
     """
+    with sampling_precision(model, dtype):
+        return _generate(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
+                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
+                         engine=engine, ignore_eos=ignore_eos)
+
+
+def _generate(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed, device,
+              engine, ignore_eos) -> Samples:
     if engine == "aware":
         flat = generate_k(model, prompts, num_return, max_new_tokens=max_new_tokens,
                           eos_ids=[] if ignore_eos else eos_token_ids(model, tokenizer),
@@ -95,4 +104,4 @@ def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: Sampling
     """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
-                    ignore_eos=cfg.ignore_eos)
+                    ignore_eos=cfg.ignore_eos, dtype=cfg.dtype)

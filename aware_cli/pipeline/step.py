@@ -14,10 +14,12 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
+from aware_cli.pipeline import fsdp
 from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
 from aware_cli.pipeline.sample import sample
-from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pairwise_update
+from aware_cli.pipeline.objectives import Pair
+from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
 from aware_cli.pipeline.update import UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step
 from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
 
@@ -37,6 +39,7 @@ class Policy:
     prompt_ids: Dict[str, List[int]]  # example id -> chat-formatted prompt ids
     target_ids: Dict[str, List[int]]  # example id -> reference response ids (EOS-terminated)
     refusal_ids: List[List[int]]  # tokenised gate.refusals
+    rejected_ids: Dict[str, List[int]] = field(default_factory=dict)  # offline pairs: id -> rejected response ids
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
     state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
@@ -69,15 +72,20 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     cfg, k, B = policy.cfg, policy.cfg.k, cfg_batch(policy)
     local = len(batch)
     objective = cfg.objective.name
+    offline = bool(cfg.objective.pairs_path)  # the batch is preference pairs: nothing to sample or verify
+    sampled = objective not in NO_SAMPLING and not offline
     prompts = [policy.prompt_ids[ex.id] for ex in batch]
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
     t0 = time.perf_counter()
+    sharded = fsdp.is_sharded(policy.model)
+    if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
+        fsdp.unshard(policy.model)
 
     # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
     sample_ids: List[List[List[int]]] = [[] for _ in batch]
     texts: List[List[str]] = [[] for _ in batch]
     generated = 0
-    if objective not in NO_SAMPLING:
+    if sampled:
         micro = max(1, local // cfg.trainer.grad_accum)
         for start in range(0, local, micro):
             out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
@@ -88,8 +96,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
 
     # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
     stats_before = verifier_stats(policy.verifier)
-    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if objective not in NO_SAMPLING else [
-        [] for _ in batch]
+    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if sampled else [[] for _ in batch]
     unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
     t2 = time.perf_counter()
 
@@ -114,7 +121,12 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py)
     torch.manual_seed(seed)  # dropout, if any
     extra: Dict[str, Any] = {}
-    if objective in PAIRWISE:
+    if objective in PAIRWISE and offline:  # weighted by this rank's share of the B pairs (see pair_update)
+        pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id]) for b, ex in enumerate(batch)]
+        value, extra = pair_update(policy, pairs, step, scale=local / B)
+        forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
+        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
+    elif objective in PAIRWISE:
         value, extra = pairwise_update(policy, prompts, sample_ids, scores,
                                        [policy.target_ids[ex.id] for ex in batch], step)
         result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
@@ -126,7 +138,10 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
                                      pad_id=policy.tokenizer.pad_token_id, device=policy.device,
                                      chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
-    sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
+    if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
+        fsdp.reduce_gradients(policy.model, policy.device)
+    else:
+        sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
     loss = sum_value(result.loss, policy.ranks)
     lr = policy.scheduler.get_last_lr()[0]
     grad_norm, skipped = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm,
@@ -147,6 +162,9 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
                         "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
                         "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg})
+        if offline:
+            records[-1].update(chosen_tokens=len(policy.target_ids[ex.id]),
+                               rejected_tokens=len(policy.rejected_ids[ex.id]))
     scalars: Dict[str, Any] = {
         "step": step + 1, "loss": loss, "loss_kl": sum_value(result.loss_kl, policy.ranks), "dual": policy.dual,
         "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,

@@ -25,7 +25,9 @@ from aware_cli.models import base_model_path, count_parameters, load_model, save
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
+from aware_cli.pipeline.preference import offline_training_data
 from aware_cli.pipeline import distributed
+from aware_cli.pipeline import fsdp
 from aware_cli.pipeline.step import Policy, summarize, train_step
 from aware_cli.pipeline.update import build_optimizer, build_scheduler
 from aware_cli.verifiers import build_verifier
@@ -61,6 +63,17 @@ def encode_examples(cfg: AwareConfig, tokenizer, examples: List[Example]):
         stats.prompts += cut_p
         stats.responses += cut_r
     return prompts, targets, stats
+
+
+def encode_rejected(cfg: AwareConfig, tokenizer, examples: List[Example], stats: TruncationStats):
+    """EOS-terminated ids of the offline pairs' rejected responses (meta["rejected"]), counted in `stats`."""
+    rejected = {}
+    for ex in examples:
+        if "rejected" in ex.meta:
+            rejected[ex.id], cut = build_response_ids(tokenizer, ex.meta["rejected"],
+                                                      max_tokens=cfg.data.max_response_tokens)
+            stats.responses += cut
+    return rejected
 
 
 def check_context(cfg: AwareConfig, model) -> None:
@@ -110,13 +123,16 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
-    data = load_training_data(cfg.data, base_dir=base_dir)
+    offline = cfg.objective.pairs_path
+    data = offline_training_data(cfg, base_dir) if offline else load_training_data(cfg.data, base_dir=base_dir)
     train_set, eval_set = data.train, data.held_out
     examples = train_set + eval_set
     if main:
         rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
     mixed = len(data.split.get("train_ids", []))
-    console.print(f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
+    console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
+                  if offline else
+                  f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
                   f"rows from {cfg.data.path}" if mixed else
                   f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
 
@@ -126,12 +142,21 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters)")
     check_context(cfg, model)
     prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
+    rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
     if truncated.prompts or truncated.responses:
         console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
                       f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
     refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
                    for r in cfg.gate.refusals]
 
+    ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
+    if ckpt is not None:  # into the whole model, before any sharding
+        load_trainable_state(model, ckpt)
+    sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
+    if sharded:
+        fsdp.check_config(cfg)
+        layers = fsdp.shard_model(model, device)
+        console.print(f"fsdp2: {layers} decoder layers and the root module sharded over {ranks.world} ranks")
     params = trainable_parameters(model)
     optimizer = build_optimizer(params, cfg.trainer)
     scheduler = build_scheduler(optimizer, cfg.trainer)
@@ -144,16 +169,15 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                           f"(guard_lm and http_judge can); use gate.refusal_source=template")
     policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
-                    target_ids=target_ids, refusal_ids=refusal_ids,
+                    target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
                     dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks)
 
     start = 0
-    ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if ckpt is not None:
-        load_trainable_state(model, ckpt)
-        state = rundir.load_training_state(ckpt, optimizer, scheduler)
+        state = rundir.load_training_state(ckpt, fsdp.UnshardedOptimizer(model, optimizer) if sharded else optimizer,
+                                           scheduler)
         start, policy.dual = state["step"], state["dual"]
         console.print(f"resumed from {ckpt} at step {start}")
     if main:
@@ -162,15 +186,18 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
 
     base = base_model_path(cfg.model)
 
-    def save_weights(path: Path) -> None:
-        save_model(model, tokenizer, path, base_model_path=base)
+    def save_weights(path: Path, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        save_model(model, tokenizer, path, base_model_path=base, state_dict=state)
 
     from torch.utils.tensorboard import SummaryWriter
 
     def checkpoint(done: int) -> Path:
         path = run_dir / "checkpoints" / f"step-{done}"
+        # fsdp2: every rank joins in gathering whole weights and optimizer state for rank 0
+        weights = fsdp.full_model_state(model) if sharded else None
+        optim = fsdp.UnshardedOptimizer(model, optimizer).gather() if sharded else optimizer
         if main:  # every rank holds the same weights: rank 0 writes them
-            rundir.save_checkpoint(run_dir, done, save_weights, optimizer, scheduler,
+            rundir.save_checkpoint(run_dir, done, lambda p: save_weights(p, weights), optim, scheduler,
                                    {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last)
         distributed.barrier(ranks)
         return path
@@ -191,9 +218,11 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             records = [r for part in distributed.gather(records, ranks) for r in part]
             metrics = summarize(records, distributed.gather(scalars, ranks))
             done = step + 1
-            if main and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps):
-                metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
-                                        cfg.eval, device))
+            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps:
+                with fsdp.gathered(model):  # fsdp2: every rank joins the all-gather, rank 0 evaluates
+                    if main:
+                        metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
+                                                cfg.eval, device))
             if main:
                 _log(metrics, records, metrics_file, samples_file, tb)
             nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
@@ -213,8 +242,9 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                 raise RunInterrupted(f"stopped by {stop.signal_name} after step {done}; checkpoint {saved}; resume "
                                      f"with: aware train recipe={cfg.recipe} output_dir={run_dir} resume=auto")
     final = checkpoint(cfg.trainer.max_steps)
+    weights = fsdp.full_model_state(model) if sharded else None
     if main:
-        final_dir = rundir.write_dir_atomic(run_dir / "final", save_weights)
+        final_dir = rundir.write_dir_atomic(run_dir / "final", lambda p: save_weights(p, weights))
         console.print(f"final weights: {final_dir} (checkpoint {final.name})")
     distributed.barrier(ranks)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from aware_cli.config.schema import TrainerConfig
 from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
@@ -103,7 +104,10 @@ def clip_and_step(model_params, optimizer, scheduler, max_grad_norm: float, loss
     advance), so one bad batch cannot write NaNs into the weights.
     """
     grads = [p.grad for p in model_params if p.grad is not None]
-    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+    if grads and isinstance(grads[0], DTensor):  # fsdp2 shards: the norm of the whole gradient, same on every rank
+        norm = float(torch.nn.utils.get_total_norm(grads).full_tensor())
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
     skipped = not (math.isfinite(loss) and math.isfinite(norm))
     if not skipped:
         if max_grad_norm > 0:

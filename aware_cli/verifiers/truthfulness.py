@@ -3,7 +3,9 @@
 Per row, the answers come from the data row's other columns (`metas[i]["columns"]`, filled by
 `aware_cli.data.load_examples`): `verifier.truthfulness.correct_field` and `incorrect_field` (TruthfulQA:
 "Correct Answers" / "Incorrect Answers"), each split on `separator`, stripped, empties dropped. The
-row's reference response (`references[i]`, e.g. TruthfulQA's "Best Answer") also counts as correct.
+row's reference response (`references[i]`, e.g. TruthfulQA's "Best Answer") also counts as correct unless
+`use_reference=false`: then rows without answer columns (Alpaca task rows mixed with TruthfulQA) get None
+instead of a closeness-to-y* score that would gate benign task rows into PG or abstention.
 
 With c = the best similarity of the response to a correct answer and i = the best to an incorrect one:
 
@@ -111,7 +113,8 @@ def build_truthfulness_verifier(cfg: VerifierConfig) -> Verifier:
         n = len(completions)
         refs = list(references) if references is not None else [None] * n
         rows = list(metas) if metas is not None else [None] * n
-        answers = [row_answers(rows[i], refs[i], t.correct_field, t.incorrect_field, t.separator) for i in range(n)]
+        answers = [row_answers(rows[i], refs[i] if t.use_reference else None, t.correct_field, t.incorrect_field,
+                               t.separator) for i in range(n)]
         judged = [i for i in range(n) if answers[i][0]]
         best = similarity.best([str(completions[i] or "") for i in judged], [answers[i] for i in judged])
         scores: List[Optional[float]] = [None] * n

@@ -54,3 +54,17 @@ def test_no_mix_is_plain_task_data(files):
     data = load_training_data(DataConfig(path=str(task), format="jsonl", prompt_field="prompt", input_field=None,
                                          response_field="response", eval_size=4))
     assert len(data.train) == 36 and "train_ids" not in data.split
+
+
+def test_eval_rows_come_first_from_the_held_out_part(files):
+    data = load_training_data(config(*files, share=0.1, heldout_fraction=0.5, eval_rows=3))
+    first, task = data.held_out[:3], data.held_out[3:]
+    assert all(ex.id.startswith(MIX_PREFIX) for ex in first)
+    assert {ex.id[len(MIX_PREFIX):] for ex in first} <= set(data.split["heldout_ids"])
+    assert all(ex.harmful is True for ex in first) and len(task) == 4
+    assert data.split["task_heldout_ids"] == [ex.id for ex in task]
+
+
+def test_more_eval_rows_than_held_out_is_an_error(files):
+    with pytest.raises(DataError, match="data.mix.eval_rows=11"):
+        load_training_data(config(*files, share=0.1, heldout_fraction=0.5, eval_rows=11))

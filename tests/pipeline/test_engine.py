@@ -5,7 +5,7 @@ import torch
 
 from aware_cli.config import compose
 from aware_cli.models import load_model
-from aware_cli.pipeline.engine import generate_k, sample_next
+from aware_cli.pipeline.engine import generate_k, sample_next, sampling_precision
 from aware_cli.pipeline.sample import eos_token_ids, generate
 
 CPU = torch.device("cpu")
@@ -62,3 +62,31 @@ def test_sample_next_temperature_and_top_p():
     assert set(drawn) == {0, 1, 2}
     share = drawn.count(0) / len(drawn)
     assert 0.66 < share < 0.78  # 0.6439 / 0.9362 renormalised ≈ 0.69
+
+
+def test_sampling_precision_casts_while_sampling_and_restores_the_weights():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)
+    weight = layer.weight.detach().clone()
+    with sampling_precision(layer, "bfloat16"):
+        assert layer.weight.dtype == torch.bfloat16
+        first = layer.weight.data
+    assert layer.weight.dtype == torch.float32 and torch.equal(layer.weight, weight)
+    with sampling_precision(layer, "bfloat16"):
+        assert layer.weight.data.data_ptr() == first.data_ptr()  # unchanged weight: the cast copy is reused
+    layer(torch.ones(1, 8)).sum().backward()
+    torch.optim.SGD(layer.parameters(), lr=1.0).step()  # an update bumps the version: cast again
+    with sampling_precision(layer, "bfloat16"):
+        assert layer.weight.data.data_ptr() != first.data_ptr()
+        refreshed = layer.weight.data.float()
+    assert not torch.allclose(refreshed, weight.bfloat16().float())
+    assert torch.allclose(refreshed, layer.weight.detach(), atol=1e-2)
+
+
+def test_bfloat16_sampling_keeps_greedy_output_close_and_the_model_in_float32(tiny):
+    model, tok = tiny
+    fp32 = generate(model, tok, PROMPTS, num_return=1, max_new_tokens=8, do_sample=False, device=CPU)
+    bf16 = generate(model, tok, PROMPTS, num_return=1, max_new_tokens=8, do_sample=False, device=CPU,
+                    dtype="bfloat16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert [len(x) for x in bf16.ids[0]] and bf16.ids[0][0][:2] == fp32.ids[0][0][:2]  # same start, rounding aside

@@ -95,6 +95,16 @@ def test_other_fields_and_separator():
     assert right > 0.5 > wrong
 
 
+def test_without_the_reference_only_rows_with_answer_columns_are_judged():
+    # `truthful` recipe: Alpaca rows (reference only) must not be scored by closeness to y*
+    prompts, responses = ["Name a primary colour.", "Is the Earth flat?"], ["Red", "No, the Earth is round."]
+    references, metas = ["Red", "No"], [{"columns": {"instruction": "x"}}, meta("The Earth is round", "It is flat")]
+    with_reference = make("rouge")(prompts, responses, references=references, metas=metas)
+    without = make("rouge", use_reference=False)(prompts, responses, references=references, metas=metas)
+    assert with_reference[0] == pytest.approx(1.0) and without[0] is None
+    assert without[1] is not None and without[1] > 0.5
+
+
 def test_bad_method_is_a_config_error():
     cfg = VerifierConfig(name="truthfulness")
     cfg.truthfulness.method = "bleu"
