@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ SHAPES = {  # SmolLM2 configurations
 
 def random_scores(prompts, completions, **kwargs):
     """A verifier with spread in every group, so β and the advantages are never all zero."""
-    rng = random.Random(hash((len(prompts), completions[0][:16] if completions else "")))
+    rng = random.Random(zlib.crc32(repr((len(prompts), completions[:1])).encode()))  # TRL: message lists
     return [rng.random() for _ in completions]
 
 
@@ -50,6 +51,8 @@ def bench_aware(args) -> dict:
                  "verifier=python", f"verifier.target={ROOT / 'scripts' / 'bench_step.py'}:random_scores", "gate.abstain=false",
                  "gate.mode=hard", "gate.tau_mu=1.0", "gate.tau_sigma=0.0", "objective.lambda_pg=1.0",
                  f"trainer.logprob_batch={args.logprob_batch}", "data.max_response_tokens=128",
+                 f"data.path={args.data}", f"sampling.cuda_graphs={str(args.cuda_graphs).lower()}",
+                 f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
                  "model.tiny.max_position_embeddings=2048"] + [f"model.tiny.{k}={v}" for k, v in shape.items()]
     cfg = compose("smoke", overrides).config
     policy, train_set = _policy(cfg)
@@ -114,7 +117,7 @@ def bench_trl(args) -> dict:
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          max_position_embeddings=2048, tie_word_embeddings=True, **SHAPES[args.model_size])
     model = LlamaForCausalLM(config)
-    rows = json.loads((ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json").read_text())
+    rows = json.loads(Path(args.data).read_text())
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}]}
                                  for r in rows[: args.batch * (args.steps + args.warmup)]])
     times = []
@@ -148,7 +151,18 @@ def _report(args, impl, times, tokens, stages) -> dict:
             "completion_tokens_per_s": statistics.median(tokens) / median, "stages_s": stages,
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__}
+            "torch": torch.__version__, "transformers": _version("transformers"), "trl": _version("trl"),
+            "cuda_graphs": args.cuda_graphs if impl == "aware" else None, "logprob_batch": args.logprob_batch,
+            "gradient_checkpointing": args.gradient_checkpointing if impl == "aware" else "trl default (on)"}
+
+
+def _version(package: str):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> int:
@@ -161,6 +175,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--logprob-batch", type=int, default=16)
     parser.add_argument("--impl", choices=["aware", "trl"], default="aware")
+    parser.add_argument("--cuda-graphs", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="aware: sampling.cuda_graphs (true: static KV cache + CUDA-graph decode on GPU)")
+    parser.add_argument("--gradient-checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                        help="aware: model.gradient_checkpointing (TRL's GRPOConfig turns it on by default)")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json"),
+                        help="Alpaca-format JSON whose instructions are the prompts")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     result = bench_aware(args) if args.impl == "aware" else bench_trl(args)

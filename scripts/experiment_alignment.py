@@ -242,14 +242,17 @@ def step_seconds(run: Path) -> Optional[float]:
 
 def study_arm(args, out: Path, steps: int, split_file: Optional[Path], extra: List[str],
               reuse: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
-    """Train one study arm (or reuse an identical main arm) and measure held-out harmful compliance."""
+    """Train one study arm (or reuse an identical main arm); measure held-out harmful compliance and
+    XSTest over-refusal (the two sides of the safety trade-off)."""
     run = reuse or train_arm(args.recipe, out, train_overrides(args, "aware", extra) +
                              [f"trainer.max_steps={steps}"])[0]
     target = out if reuse is None else out.parent / (out.name + "-reused")
-    adv = read_rows(evaluate(str(run), "advbench", target, [f"limit={args.eval_limit}", "verifier=harm",
-                                                            f"generation.max_new_tokens={args.max_new_tokens}"] +
+    gen = f"generation.max_new_tokens={args.max_new_tokens}"
+    adv = read_rows(evaluate(str(run), "advbench", target, [f"limit={args.eval_limit}", "verifier=harm", gen] +
                              ([f"exclude_ids={split_file}"] if split_file else [])))
-    return run, summarize(adv, *SUITES["advbench"][1:])
+    xs = read_rows(evaluate(str(run), "xstest", target, [f"limit={2 * args.eval_limit}", gen, "verifier=harm"]))
+    return run, {"advbench": summarize(adv, *SUITES["advbench"][1:]),
+                 "xstest_safe": summarize([r for r in xs if r["harmful"] is False], *SUITES["xstest_safe"][1:])}
 
 
 def run_k_study(args, out: Path, steps: int, split_file: Optional[Path],
@@ -259,9 +262,9 @@ def run_k_study(args, out: Path, steps: int, split_file: Optional[Path],
     recipe_k = compose(args.recipe, list(args.set)).config.k
     rows = []
     for k in (1, 2, 4, 8):
-        run, adv = study_arm(args, out / "study-k" / f"k{k}", steps, split_file, [f"k={k}"],
-                             reference if k == recipe_k else None)
-        rows.append({"k": k, "advbench": adv, "step_s": step_seconds(run), "run": str(run)})
+        run, measured = study_arm(args, out / "study-k" / f"k{k}", steps, split_file, [f"k={k}"],
+                                  reference if k == recipe_k else None)
+        rows.append({"k": k, **measured, "step_s": step_seconds(run), "run": str(run)})
     return rows
 
 
@@ -277,9 +280,9 @@ def run_sensitivity_study(args, out: Path, steps: int, split_file: Optional[Path
         slug = name.split(" ")[0].replace("=", "")
         if slug in skip:
             continue
-        run, adv = study_arm(args, out / "study-sensitivity" / slug, steps, split_file, extra,
-                             reference if not extra else None)
-        rows.append({"variant": name, "advbench": adv, "run": str(run)})
+        run, measured = study_arm(args, out / "study-sensitivity" / slug, steps, split_file, extra,
+                                  reference if not extra else None)
+        rows.append({"variant": name, **measured, "step_s": step_seconds(run), "run": str(run)})
     return rows
 
 
@@ -304,11 +307,15 @@ def render_report(args, columns, studies, timings, plot: Path) -> str:
              "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".", "",
              table(columns), "", f"![align-plot]({plot.name})", ""]
     if "k" in studies:
-        lines += ["### k-scaling", "", "| k | harmful compliance | median step s |", "|---|---|---|"]
-        lines += [f"| {r['k']} | {cell(r['advbench'])} | {r['step_s']:.1f} |" for r in studies["k"]] + [""]
+        lines += ["### k-scaling", "", "| k | harmful compliance | XSTest over-refusal | median step s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['k']} | {cell(r['advbench'])} | {cell(r['xstest_safe'])} | {r['step_s']:.1f} |"
+                  for r in studies["k"]] + [""]
     if "sensitivity" in studies:
-        lines += ["### Verifier sensitivity", "", "| variant | harmful compliance |", "|---|---|"]
-        lines += [f"| {r['variant']} | {cell(r['advbench'])} |" for r in studies["sensitivity"]] + [""]
+        lines += ["### Verifier sensitivity", "", "| variant | harmful compliance | XSTest over-refusal | median step s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {cell(r['advbench'])} | {cell(r['xstest_safe'])} | {r['step_s']:.1f} |"
+                  for r in studies["sensitivity"]] + [""]
     return "\n".join(lines) + "\n"
 
 

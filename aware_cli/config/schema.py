@@ -304,6 +304,9 @@ class SamplingConfig:
     ignore_eos: bool = field(False, "Never stop at EOS: every sample is max_new_tokens long (benchmarks).")
     engine: str = field("aware", "aware (shared prefill, finished rows dropped, seeded sampler) or hf "
                         "(transformers' generate on the B×k repeated prompts).", choices=["aware", "hf"])
+    cuda_graphs: bool = field(True, "engine=aware on a CUDA device: decode with a pre-allocated KV cache and the "
+                              "decode step replayed as a CUDA graph (docs/performance.md); models it cannot "
+                              "capture fall back to the dynamic engine with a warning.")
     dtype: str = field("model", "Weights' precision while sampling: model (as trained) or bfloat16 / float16 "
                        "(a cast copy, refreshed only when the weights change; ~1.5× faster decoding on "
                        "CPUs with AVX512-BF16, the usual RL trade of sampling/training mismatch).",

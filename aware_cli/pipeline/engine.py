@@ -15,11 +15,15 @@ is kept until that weight changes, so frozen LoRA bases are cast once per run.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, List, Optional, Sequence
 
 import torch
 
+from torch.distributed.fsdp import FSDPModule
+
 from aware_cli.pipeline.logprobs import pack_left, position_ids
+from aware_cli.pipeline.static_decode import generate_k_static, supports_static
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,8 +72,34 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.no_grad()
 def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
                pad_id: int, device: torch.device, temperature: float = 1.0, top_p: float = 1.0,
-               seed: Optional[int] = None) -> List[List[int]]:
-    """Token lists (EOS included when produced) for each prompt's k samples, prompt-major: [b*k + j]."""
+               seed: Optional[int] = None, cuda_graphs: bool = True) -> List[List[int]]:
+    """Token lists (EOS included when produced) for each prompt's k samples, prompt-major: [b*k + j].
+
+    On CUDA (with `cuda_graphs`), models that `static_decode.supports_static` accepts decode through
+    a CUDA graph (`static_decode.generate_k_static`); if that fails, the model is marked and this
+    dynamic engine takes over, with a warning.
+    """
+    if cuda_graphs and device.type == "cuda" and _static_ok(model):
+        try:
+            return generate_k_static(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                                     pad_id=pad_id, device=device, temperature=temperature, top_p=top_p, seed=seed)
+        except RuntimeError as exc:  # an architecture whose forward cannot be captured
+            model._aware_static_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(f"sampling: CUDA-graph decoding failed ({model._aware_static_failed}); "
+                          f"using the dynamic engine for this model", RuntimeWarning)
+    return _generate_k_dynamic(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                               device=device, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def _static_ok(model) -> bool:
+    if getattr(model, "_aware_static_failed", None) or isinstance(model, FSDPModule):
+        return False  # fsdp2: its hooks synchronise streams, which a graph capture cannot hold
+    return supports_static(model) is None
+
+
+def _generate_k_dynamic(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
+                        pad_id: int, device: torch.device, temperature: float, top_p: float,
+                        seed: Optional[int]) -> List[List[int]]:
     was_training = model.training
     model.eval()
     generator = None

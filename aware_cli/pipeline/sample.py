@@ -42,26 +42,29 @@ def eos_token_ids(model, tokenizer) -> List[int]:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
-             device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model") -> Samples:
+             device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model",
+             cuda_graphs: bool = True) -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
-    engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch);
+    engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch; on CUDA
+    with `cuda_graphs`, a static KV cache and a CUDA-graph decode step: `static_decode.py`);
     engine=hf: transformers' `generate` on the repeated, left-padded prompts.
     dtype: the weights' precision while sampling (`engine.sampling_precision`).
     """
     with sampling_precision(model, dtype):
         return _generate(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                          do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
-                         engine=engine, ignore_eos=ignore_eos)
+                         engine=engine, ignore_eos=ignore_eos, cuda_graphs=cuda_graphs)
 
 
 def _generate(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed, device,
-              engine, ignore_eos) -> Samples:
+              engine, ignore_eos, cuda_graphs) -> Samples:
     if engine == "aware":
         flat = generate_k(model, prompts, num_return, max_new_tokens=max_new_tokens,
                           eos_ids=[] if ignore_eos else eos_token_ids(model, tokenizer),
                           pad_id=tokenizer.pad_token_id, device=device,
-                          temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed)
+                          temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed,
+                          cuda_graphs=cuda_graphs)
         return _group(tokenizer, flat, num_return)
     return _generate_hf(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
@@ -104,4 +107,4 @@ def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: Sampling
     """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
-                    ignore_eos=cfg.ignore_eos, dtype=cfg.dtype)
+                    ignore_eos=cfg.ignore_eos, dtype=cfg.dtype, cuda_graphs=cfg.cuda_graphs)
