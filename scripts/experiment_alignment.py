@@ -67,6 +67,31 @@ def summarize(rows: List[Dict[str, Any]], value, kind: str) -> Dict[str, Any]:
     return {"value": mean, "n": len(values), "lo": lo, "hi": hi}
 
 
+def row_values(rows: List[Dict[str, Any]], value, kind: str) -> Dict[str, float]:
+    """id → the row's value (a rate's flag as 0/1), for paired comparisons between models."""
+    out = {}
+    for r in rows:
+        if kind == "rate" and r.get("score") is None:
+            continue
+        v = value(r)
+        if v is not None:
+            out[str(r["id"])] = float(v)
+    return out
+
+
+def paired_difference(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, Any]:
+    """Mean of a − b over the prompts both models answered, with a normal 95% interval.
+
+    Both models see the same prompts, so the per-prompt difference removes the prompt-to-prompt
+    variance that makes the two separate intervals overlap.
+    """
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return {"value": None, "n": len(common)}
+    mean, lo, hi = mean_interval([a[i] - b[i] for i in common])
+    return {"value": mean, "n": len(common), "lo": lo, "hi": hi}
+
+
 def read_rows(eval_dir: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in (eval_dir / "responses.jsonl").read_text().splitlines() if line.strip()]
 
@@ -105,7 +130,7 @@ def evaluate(model: str, suite: str, out: Path, overrides: List[str]) -> Path:
 
 
 def evaluate_model(model: str, out: Path, args, split_file: Optional[Path]) -> Dict[str, Dict[str, Any]]:
-    """Every suite for one model → {metric: summary with interval}."""
+    """Every suite for one model → {metric: summary with interval, "per_row": {metric: {id: value}}}."""
     lim, gen = f"limit={args.eval_limit}", f"generation.max_new_tokens={args.max_new_tokens}"
     exclude = [f"exclude_ids={split_file}"] if split_file else []
     results: Dict[str, Dict[str, Any]] = {}
@@ -120,6 +145,10 @@ def evaluate_model(model: str, out: Path, args, split_file: Optional[Path]) -> D
                                                    f"data.eval_size={args.task_heldout}"]))
     results["task_rouge"] = summarize(task, *SUITES["task_rouge"][1:])
     results["task_bertscore"] = summarize(task, *SUITES["task_bertscore"][1:])
+    rows = {"advbench": adv, "xstest_safe": [r for r in xs if r["harmful"] is False],
+            "xstest_unsafe": [r for r in xs if r["harmful"] is True], "truthfulqa": tq, "task_rouge": task,
+            "task_bertscore": task}
+    results["per_row"] = {key: row_values(rows[key], *SUITES[key][1:]) for key in SUITES}
     return results
 
 
@@ -139,6 +168,24 @@ def table(columns: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, (label, _, _) in SUITES.items():
         lines.append(f"| {label} | " + " | ".join(cell(columns[n].get(key, {})) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(columns: Dict[str, Dict[str, Any]]) -> str:
+    """aware − base and aware − SFT per metric, paired by prompt (rates in points, means as is)."""
+    pairs = [(a, b) for a, b in (("aware", "base"), ("aware", "sft")) if a in columns and b in columns]
+    lines = ["| metric | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for key, (label, _, kind) in SUITES.items():
+        cells = []
+        for a, b in pairs:
+            d = paired_difference(columns[a]["per_row"][key], columns[b]["per_row"][key])
+            if d["value"] is None:
+                cells.append("–")
+            elif kind == "rate":
+                cells.append(f"{100 * d['value']:+.1f} pts ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}; n={d['n']})")
+            else:
+                cells.append(f"{d['value']:+.3f} ({d['lo']:+.3f} to {d['hi']:+.3f}; n={d['n']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -305,7 +352,8 @@ def render_report(args, columns, studies, timings, plot: Path) -> str:
              f"(XSTest {2 * args.eval_limit}); {args.task_heldout} held-out task rows.  ",
              f"Environment: {', '.join(f'{k} {v}' for k, v in env.items())}.  ",
              "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".", "",
-             table(columns), "", f"![align-plot]({plot.name})", ""]
+             table(columns), "", "Paired differences (same prompts; 95% normal intervals):", "",
+             paired_table(columns), "", f"![align-plot]({plot.name})", ""]
     if "k" in studies:
         lines += ["### k-scaling", "", "| k | harmful compliance | XSTest over-refusal | median step s |",
                   "|---|---|---|---|"]
