@@ -8,7 +8,9 @@ trace, and both `data.limit=3` and `+data.limit=3` work whether or not the recip
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +193,32 @@ def check_consistency(cfg: AwareConfig) -> None:
         raise ConfigError("data.mix.path: cannot be mixed into offline preference pairs (objective.pairs_path)")
     if cfg.verifier.name == "python" and not cfg.verifier.target:
         raise ConfigError("verifier.target: the python verifier needs a dotted path `module:function`")
+    if cfg.sampling.engine == "vllm":
+        check_vllm(cfg)
+
+
+def check_vllm(cfg: AwareConfig) -> None:
+    """sampling.engine=vllm: vLLM loads the policy's weights from a model directory, in this process."""
+    model = cfg.model
+    if model.name_or_path == "tiny":
+        raise ConfigError("sampling.engine=vllm: vLLM loads a model directory or HF id; model.name_or_path=tiny "
+                          "is built in code (use sampling.engine=aware)")
+    if model.gguf_file or model.name_or_path.endswith(".gguf"):
+        raise ConfigError("sampling.engine=vllm: vLLM needs a Hugging Face model directory or id, not a GGUF file "
+                          "(embedded: models are converted to one and work)")
+    if cfg.trainer.nproc > 1:
+        raise ConfigError("sampling.engine=vllm: one process only (trainer.nproc=1); under torchrun every rank "
+                          "would start its own vLLM engine")
+    longest = cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens
+    if cfg.sampling.vllm.max_model_len is not None and cfg.sampling.vllm.max_model_len < longest:
+        raise ConfigError(f"sampling.vllm.max_model_len ({cfg.sampling.vllm.max_model_len}) is shorter than "
+                          f"data.max_prompt_tokens + sampling.max_new_tokens ({longest})")
+    if not vllm_installed():
+        raise ConfigError("sampling.engine=vllm needs vLLM: pip install vllm (GPU only)")
+
+
+def vllm_installed() -> bool:
+    """Whether `import vllm` can work, without importing it (slow, and it may initialise CUDA)."""
+    if sys.modules.get("vllm") is not None:
+        return True
+    return importlib.util.find_spec("vllm") is not None

@@ -295,6 +295,20 @@ class ObjectiveConfig:
 
 
 @dataclass
+class VllmConfig:
+    """The vLLM engine (`sampling.engine=vllm`): an optional backend for users who have vLLM and a GPU."""
+
+    gpu_memory_utilization: float = field(0.3, "Share of the GPU memory vLLM may take (weights + KV cache); the "
+                                          "rest stays for training, which runs in the same process.",
+                                          gt=0.0, le=1.0)
+    max_model_len: Optional[int] = field(None, "vLLM's context length (null: data.max_prompt_tokens + "
+                                         "sampling.max_new_tokens, the longest sequence sampled).", ge=16)
+    enforce_eager: bool = field(False, "Run vLLM without CUDA graphs (less memory, slower decoding).")
+    dtype: str = field("auto", "vLLM's weights dtype: auto (the model config's), bfloat16, float16 or float32.",
+                       choices=["auto", "bfloat16", "float16", "float32"])
+
+
+@dataclass
 class SamplingConfig:
     """How the k responses per prompt are drawn."""
 
@@ -302,15 +316,20 @@ class SamplingConfig:
     top_p: float = field(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
     max_new_tokens: int = field(128, "Longest response sampled.", ge=1)
     ignore_eos: bool = field(False, "Never stop at EOS: every sample is max_new_tokens long (benchmarks).")
-    engine: str = field("aware", "aware (shared prefill, finished rows dropped, seeded sampler) or hf "
-                        "(transformers' generate on the B×k repeated prompts).", choices=["aware", "hf"])
+    engine: str = field("aware", "aware (shared prefill, finished rows dropped, seeded sampler), hf "
+                        "(transformers' generate on the B×k repeated prompts) or vllm (optional, needs `pip install "
+                        "vllm` and a GPU; a model directory or HF id, not tiny or GGUF; for the k samples per prompt "
+                        "only, evaluation's generation keeps aware; see docs/performance.md).",
+                        choices=["aware", "hf", "vllm"])
     cuda_graphs: bool = field(True, "engine=aware on a CUDA device: decode with a pre-allocated KV cache and the "
                               "decode step replayed as a CUDA graph (docs/performance.md); models it cannot "
                               "capture fall back to the dynamic engine with a warning.")
     dtype: str = field("model", "Weights' precision while sampling: model (as trained) or bfloat16 / float16 "
                        "(a cast copy, refreshed only when the weights change; ~1.5× faster decoding on "
-                       "CPUs with AVX512-BF16, the usual RL trade of sampling/training mismatch).",
+                       "CPUs with AVX512-BF16, the usual RL trade of sampling/training mismatch). engine=vllm "
+                       "ignores it: sampling.vllm.dtype.",
                        choices=["model", "bfloat16", "float16"])
+    vllm: VllmConfig = field(doc="engine=vllm settings.", factory=VllmConfig)
 
 
 @dataclass

@@ -38,7 +38,8 @@ def compute_points(cfg: AwareConfig, limit: int, console: Console) -> List[Dict[
         prompts = [build_prompt_ids(tokenizer, ex.prompt, chat_template=cfg.model.chat_template,
                                     system_prompt=cfg.model.system_prompt, max_tokens=cfg.data.max_prompt_tokens)[0]
                    for ex in part]
-        out = sample(model, tokenizer, prompts, cfg.k, cfg.sampling, seed=cfg.trainer.seed + start, device=device)
+        out = sample(model, tokenizer, prompts, cfg.k, cfg.sampling, seed=cfg.trainer.seed + start, device=device,
+                     max_prompt_tokens=cfg.data.max_prompt_tokens)
         texts.extend(out.texts)
     scores = verify(verifier, examples, texts)
     return points_from_scores(scores, cfg.gate, step=0, ids=[ex.id for ex in examples],

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from aware_cli.config.schema import SamplingConfig
+from aware_cli.config.schema import SamplingConfig, VllmConfig
 from aware_cli.pipeline.engine import generate_k, sampling_precision
 from aware_cli.pipeline.logprobs import pack_left
 
@@ -43,14 +43,22 @@ def eos_token_ids(model, tokenizer) -> List[int]:
 def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
              device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model",
-             cuda_graphs: bool = True) -> Samples:
+             cuda_graphs: bool = True, vllm: Optional[VllmConfig] = None,
+             max_prompt_tokens: Optional[int] = None) -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
     engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch; on CUDA
     with `cuda_graphs`, a static KV cache and a CUDA-graph decode step: `static_decode.py`);
-    engine=hf: transformers' `generate` on the repeated, left-padded prompts.
-    dtype: the weights' precision while sampling (`engine.sampling_precision`).
+    engine=hf: transformers' `generate` on the repeated, left-padded prompts;
+    engine=vllm: the policy's vLLM engine (`vllm_sampler.py`; settings `vllm`, context from
+    `max_prompt_tokens` + `max_new_tokens` unless `vllm.max_model_len` is set).
+    dtype: the weights' precision while sampling (`engine.sampling_precision`; not for vllm, which
+    runs its own copy of the weights at `vllm.dtype`).
     """
+    if engine == "vllm":
+        return _generate_vllm(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
+                              do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                              ignore_eos=ignore_eos, cfg=vllm or VllmConfig(), max_prompt_tokens=max_prompt_tokens)
     with sampling_precision(model, dtype):
         return _generate(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                          do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
@@ -69,6 +77,18 @@ def _generate(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sampl
     return _generate_hf(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
                         ignore_eos=ignore_eos)
+
+
+def _generate_vllm(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed,
+                   ignore_eos, cfg: VllmConfig, max_prompt_tokens: Optional[int]) -> Samples:
+    from aware_cli.pipeline.vllm_sampler import sampler_for  # vllm itself is imported there, on first use
+
+    sampler = sampler_for(model, cfg, max_prompt_tokens=max_prompt_tokens)
+    flat = sampler.generate(model, prompts, num_return, max_new_tokens=max_new_tokens,
+                            eos_ids=[] if ignore_eos else eos_token_ids(model, tokenizer),
+                            temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed,
+                            ignore_eos=ignore_eos)
+    return _group(tokenizer, flat, num_return)
 
 
 def _group(tokenizer, flat: List[List[int]], num_return: int) -> Samples:
@@ -103,8 +123,12 @@ def _generate_hf(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sa
 
 
 def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: SamplingConfig, *, seed: int,
-           device: torch.device) -> Samples:
-    """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p from the recipe)."""
+           device: torch.device, max_prompt_tokens: Optional[int] = None) -> Samples:
+    """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p / engine from the recipe).
+
+    `max_prompt_tokens` (data.max_prompt_tokens) sizes vLLM's context when sampling.engine=vllm.
+    """
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
-                    ignore_eos=cfg.ignore_eos, dtype=cfg.dtype, cuda_graphs=cfg.cuda_graphs)
+                    ignore_eos=cfg.ignore_eos, dtype=cfg.dtype, cuda_graphs=cfg.cuda_graphs, vllm=cfg.vllm,
+                    max_prompt_tokens=max_prompt_tokens)

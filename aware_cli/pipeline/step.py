@@ -89,7 +89,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         micro = max(1, local // cfg.trainer.grad_accum)
         for start in range(0, local, micro):
             out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                         seed=seed + 7919 * policy.ranks.rank + start, device=policy.device)
+                         seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
+                         max_prompt_tokens=cfg.data.max_prompt_tokens)
             sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
             generated += out.num_tokens
     t1 = time.perf_counter()
