@@ -129,17 +129,32 @@ def evaluate(model: str, suite: str, out: Path, overrides: List[str]) -> Path:
     return directory
 
 
+def excluded(suite: str, split_file: Optional[Path]) -> List[str]:
+    """`exclude_ids=<split.json>` for the suite whose data file was mixed into training, else nothing.
+
+    The ids in split.json are row numbers of the mixed-in file (AdvBench for alpaca_harmful_mix,
+    TruthfulQA for truthful); applied to another suite they would drop unrelated rows.
+    """
+    if split_file is None:
+        return []
+    from aware_cli.config import compose
+    from aware_cli.config.schema import EvalRunConfig
+
+    mixed = Path(json.loads(split_file.read_text()).get("mix_source") or "").name
+    suite_file = Path(compose(suite, [], schema=EvalRunConfig, subdir="eval").config.data.path).name
+    return [f"exclude_ids={split_file}"] if mixed and mixed == suite_file else []
+
+
 def evaluate_model(model: str, out: Path, args, split_file: Optional[Path]) -> Dict[str, Dict[str, Any]]:
     """Every suite for one model → {metric: summary with interval, "per_row": {metric: {id: value}}}."""
     lim, gen = f"limit={args.eval_limit}", f"generation.max_new_tokens={args.max_new_tokens}"
-    exclude = [f"exclude_ids={split_file}"] if split_file else []
     results: Dict[str, Dict[str, Any]] = {}
-    adv = read_rows(evaluate(model, "advbench", out, [lim, gen, "verifier=harm"] + exclude))
+    adv = read_rows(evaluate(model, "advbench", out, [lim, gen, "verifier=harm"] + excluded("advbench", split_file)))
     results["advbench"] = summarize(adv, *SUITES["advbench"][1:])
     xs = read_rows(evaluate(model, "xstest", out, [f"limit={2 * args.eval_limit}", gen, "verifier=harm"]))
     results["xstest_safe"] = summarize([r for r in xs if r["harmful"] is False], *SUITES["xstest_safe"][1:])
     results["xstest_unsafe"] = summarize([r for r in xs if r["harmful"] is True], *SUITES["xstest_unsafe"][1:])
-    tq = read_rows(evaluate(model, "truthfulqa", out, [lim, gen]))
+    tq = read_rows(evaluate(model, "truthfulqa", out, [lim, gen] + excluded("truthfulqa", split_file)))
     results["truthfulqa"] = summarize(tq, *SUITES["truthfulqa"][1:])
     task = read_rows(evaluate(model, "task", out, [lim, f"generation.max_new_tokens={args.task_tokens}",
                                                    f"data.eval_size={args.task_heldout}"]))
@@ -244,7 +259,7 @@ def main() -> int:
                                                                    train_overrides(args, objective))
     split_file = runs["aware"] / "split.json"
     if not json.loads(split_file.read_text()).get("train_ids"):
-        split_file = None  # no mixed-in harmful rows: nothing to exclude
+        split_file = None  # nothing mixed in: nothing to exclude
     from aware_cli.config import compose
 
     base_model = compose(args.recipe).config.model.name_or_path
@@ -296,7 +311,7 @@ def study_arm(args, out: Path, steps: int, split_file: Optional[Path], extra: Li
     target = out if reuse is None else out.parent / (out.name + "-reused")
     gen = f"generation.max_new_tokens={args.max_new_tokens}"
     adv = read_rows(evaluate(str(run), "advbench", target, [f"limit={args.eval_limit}", "verifier=harm", gen] +
-                             ([f"exclude_ids={split_file}"] if split_file else [])))
+                             excluded("advbench", split_file)))
     xs = read_rows(evaluate(str(run), "xstest", target, [f"limit={2 * args.eval_limit}", gen, "verifier=harm"]))
     return run, {"advbench": summarize(adv, *SUITES["advbench"][1:]),
                  "xstest_safe": summarize([r for r in xs if r["harmful"] is False], *SUITES["xstest_safe"][1:])}

@@ -45,3 +45,13 @@ def test_paired_table_rows_and_signs():
     assert "aware − base" in text and "aware − SFT".lower() in text.lower()
     rouge = next(line for line in text.splitlines() if line.startswith("| task ROUGE-L"))
     assert "+0.050" in rouge and "-0.050" in rouge
+
+
+def test_split_ids_are_excluded_only_from_the_suite_that_was_mixed_in(tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text('{"mix_source": "../shared/data/advbench/harmful_behaviors.csv", "train_ids": ["3"]}')
+    assert exp.excluded("advbench", split) == [f"exclude_ids={split}"]
+    assert exp.excluded("truthfulqa", split) == []
+    split.write_text('{"mix_source": "../shared/data/truthfulqa/TruthfulQA.csv", "train_ids": ["3"]}')
+    assert exp.excluded("truthfulqa", split) == [f"exclude_ids={split}"]
+    assert exp.excluded("advbench", split) == [] and exp.excluded("advbench", None) == []
