@@ -273,8 +273,9 @@ class ObjectiveConfig:
     label_smoothing: float = field(0.0, "dpo/shapo(reward): label smoothing (conservative DPO).", ge=0.0, lt=0.5)
     pair_min_gap: float = field(0.3, "Online pairs: best vs worst sample when their scores differ by at least this.",
                                 ge=0.0, le=1.0)
-    pair_reference: bool = field(True, "Online pairs: also reference target vs worst sample when the worst scores "
-                                 "below 1 − pair_min_gap.")
+    pair_reference: bool = field(True, "Online pairs: also reference target vs worst sample when the verifier "
+                                 "scores the target more than pair_min_gap above the worst sample (a harmful "
+                                 "row's compliance target is never chosen).")
     pairs_path: Optional[str] = field(None, "Offline preference file (JSON array or JSONL: ShareGPT dpo_en_demo "
                                       "layout or prompt/chosen/rejected). When set, dpo/gapo/shapo train on these "
                                       "pairs instead of online pairs from samples; no sampling or verifier call. "

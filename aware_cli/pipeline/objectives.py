@@ -466,20 +466,26 @@ def constrained_sft_loss(policy_logp_tokens: torch.Tensor, ref_logp_tokens: torc
 
 def pairs_from_groups(prompts: Sequence[List[int]], responses: Sequence[Sequence[List[int]]],
                       scores: Sequence[Sequence[Optional[float]]], *, min_gap: float = 0.3,
-                      reference: Optional[Sequence[Optional[List[int]]]] = None) -> List[Pair]:
+                      reference: Optional[Sequence[Optional[List[int]]]] = None,
+                      reference_scores: Optional[Sequence[Optional[float]]] = None) -> List[Pair]:
     """Online preference pairs from k scored samples per prompt.
 
     Per group (judged samples only; None = unjudged; ties go to the first index):
       * best vs worst sample, when score(best) − score(worst) ≥ min_gap and they are different samples;
       * with `reference` (one target id list per prompt, None/empty to skip), additionally the
-        reference target vs the worst sample when score(worst) < 1 − min_gap (the reference counts
-        as score 1, so this is the same gap rule).
+        reference target vs the worst sample when score(worst) < score(reference) − min_gap.
+        `reference_scores` are the verifier's scores of the references (None: unjudged, no pair);
+        without them every reference counts as 1. Scoring matters when the data's targets are not
+        all aligned: in alpaca_harmful_mix a harmful row's target is the compliance itself, which
+        must not become the chosen response.
     Comparisons allow 1e-9 of float slack. Pairs come out in group order, best-vs-worst first.
     """
     if not (len(prompts) == len(responses) == len(scores)):
         raise ValueError("pairs_from_groups: prompts, responses and scores must have one entry per group")
     if reference is not None and len(reference) != len(prompts):
         raise ValueError("pairs_from_groups: reference must have one entry per group")
+    if reference_scores is not None and len(reference_scores) != len(prompts):
+        raise ValueError("pairs_from_groups: reference_scores must have one entry per group")
     pairs: List[Pair] = []
     for g, (prompt, samples, group_scores) in enumerate(zip(prompts, responses, scores)):
         if len(samples) != len(group_scores):
@@ -492,7 +498,8 @@ def pairs_from_groups(prompts: Sequence[List[int]], responses: Sequence[Sequence
         if best[0] != worst[0] and best[1] - worst[1] >= min_gap - _SCORE_TOL:
             pairs.append(Pair(list(prompt), list(samples[best[0]]), list(samples[worst[0]])))
         target = reference[g] if reference is not None else None
-        if target and worst[1] < 1.0 - min_gap - _SCORE_TOL:
+        target_score = 1.0 if reference_scores is None else reference_scores[g]
+        if target and target_score is not None and worst[1] < float(target_score) - min_gap - _SCORE_TOL:
             pairs.append(Pair(list(prompt), list(target), list(samples[worst[0]])))
     return pairs
 

@@ -29,11 +29,15 @@ NEEDS_REFERENCE = ("dpo", "constrained_sft")  # the base model with LoRA adapter
 
 def pairwise_update(policy, prompts: Sequence[List[int]], samples: Sequence[Sequence[List[int]]],
                     scores: Sequence[Sequence[Optional[float]]], targets: Sequence[List[int]],
-                    step: int) -> Tuple[float, Dict[str, Any]]:
-    """dpo / gapo / shapo on the step's online pairs; no pairs → no gradient."""
+                    target_scores: Optional[Sequence[Optional[float]]], step: int) -> Tuple[float, Dict[str, Any]]:
+    """dpo / gapo / shapo on the step's online pairs; no pairs → no gradient.
+
+    `target_scores`: the verifier's scores of the reference targets (with objective.pair_reference).
+    """
     cfg = policy.cfg.objective
     pairs = obj.pairs_from_groups(prompts, samples, scores, min_gap=cfg.pair_min_gap,
-                                  reference=list(targets) if cfg.pair_reference else None)
+                                  reference=list(targets) if cfg.pair_reference else None,
+                                  reference_scores=target_scores if cfg.pair_reference else None)
     return pair_update(policy, pairs, step)
 
 

@@ -99,6 +99,9 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     stats_before = verifier_stats(policy.verifier)
     scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if sampled else [[] for _ in batch]
     unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
+    target_scores = None  # online pairs: a reference target is "chosen" only if the verifier says it is aligned
+    if sampled and objective in PAIRWISE and cfg.objective.pair_reference:
+        target_scores = [group[0] for group in verify(policy.verifier, batch, [[ex.response] for ex in batch])]
     t2 = time.perf_counter()
 
     # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
@@ -129,7 +132,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
     elif objective in PAIRWISE:
         value, extra = pairwise_update(policy, prompts, sample_ids, scores,
-                                       [policy.target_ids[ex.id] for ex in batch], step)
+                                       [policy.target_ids[ex.id] for ex in batch], target_scores, step)
         result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
     elif objective == "constrained_sft":
         value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],

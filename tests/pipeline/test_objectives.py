@@ -346,6 +346,21 @@ def test_pairs_from_groups_best_vs_worst_with_min_gap_and_reference():
     assert pairs_from_groups([[1]], [[[5], [6]]], [[0.7, 0.9]], min_gap=0.3, reference=[[7]]) == []
 
 
+def test_scored_references_are_chosen_only_when_aligned():
+    prompts, responses = [[1], [2], [3]], [[[10], [11]], [[20], [21]], [[30], [31]]]
+    scores = [[0.1, 0.2], [0.1, 0.2], [0.1, 0.2]]  # worst 0.1 everywhere, no best-vs-worst pair
+    reference = [[97], [98], [99]]
+    # a compliance target scored 0.05 (harmful row) is not preferred; 0.9 is; an unjudged one is skipped
+    pairs = pairs_from_groups(prompts, responses, scores, min_gap=0.3, reference=reference,
+                              reference_scores=[0.05, 0.9, None])
+    assert pairs == [Pair([2], [98], [20])]
+    # a reference exactly min_gap above the worst makes no pair (strict, as for an unscored reference at 1)
+    assert pairs_from_groups(prompts[:1], responses[:1], scores[:1], min_gap=0.3, reference=reference[:1],
+                             reference_scores=[0.4 - 1e-12]) == []
+    with pytest.raises(ValueError, match="reference_scores"):
+        pairs_from_groups(prompts, responses, scores, reference=reference, reference_scores=[1.0])
+
+
 # ---------------------------------------------------------------------------- offline pairs
 
 
