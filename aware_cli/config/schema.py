@@ -253,6 +253,9 @@ class GateConfig:
     epsilon: float = field(1e-4, "ε in A_i = (r_i − μ)/(σ + ε).", gt=0.0)
     pg_threshold: float = field(0.5, "β above which an input is counted in the `pg` regime (soft gate).",
                                 ge=0.0, le=1.0)
+    beta_min: float = field(0.0, "β below which an input's PG term is dropped (β = 0: its k samples are not "
+                            "back-propagated). A speed knob: the soft gate gives almost every input with σ > 0 a "
+                            "small β; 0 keeps them all.", ge=0.0, le=1.0)
     dual_lr: float = field(0.01, "η: step size of the Lagrangian dual variable λ.", ge=0.0)
     dual_init: float = field(0.0, "Initial λ of the Lagrangian gate.", ge=0.0)
 

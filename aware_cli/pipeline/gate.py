@@ -86,6 +86,8 @@ def beta_and_regime(mu: float, sigma: float, cfg: GateConfig, dual: float = 1.0)
         beta = soft_beta(mu, sigma, cfg)
         if cfg.mode == "lagrangian":
             beta = min(1.0, beta * dual)
+    if beta < cfg.beta_min:
+        beta = 0.0
     return beta, PG if beta >= cfg.pg_threshold or (cfg.mode == "hard" and beta > 0) else SFT
 
 

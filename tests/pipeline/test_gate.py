@@ -53,6 +53,16 @@ def test_regimes():
     assert (unjudged.mu, unjudged.regime, unjudged.beta) == (None, SFT, 0.0)
 
 
+def test_beta_min_drops_small_pg_weights_only():
+    nearly_aligned = [1.0, 1.0, 1.0, 0.9]                                     # μ=0.975, σ≈0.043: β≈0.010
+    small = gate_group(nearly_aligned, GateConfig()).beta
+    assert 0.0 < small < 0.05
+    assert gate_group(nearly_aligned, GateConfig(beta_min=0.05)).beta == 0.0
+    assert gate_group(nearly_aligned, GateConfig(beta_min=small)).beta == small  # threshold is exclusive
+    mixed = [0.0, 0.0, 0.0, 1.0]
+    assert gate_group(mixed, GateConfig(beta_min=0.05)).beta == gate_group(mixed, GateConfig()).beta
+
+
 def test_abstained_input_has_no_pg_weight():
     gate = gate_group([0.0, 0.0, 0.1, 0.1], GateConfig())
     assert gate.regime == ABSTAIN and gate.beta == 0.0
