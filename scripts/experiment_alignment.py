@@ -230,6 +230,7 @@ def main() -> int:
     parser.add_argument("--skip-variant", action="append", default=[], metavar="SLUG",
                         help="leave a sensitivity variant out (tau_mu0.6, tau_abstain0.1, noisy, ...)")
     parser.add_argument("--study-steps", type=int, default=None, help="steps per study arm (default --steps)")
+    parser.add_argument("--k-values", default="1,2,4,8", help="k-scaling study: comma-separated k values")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for both arms (and the studies), e.g. --set trainer.lr=4e-4")
@@ -323,7 +324,7 @@ def run_k_study(args, out: Path, steps: int, split_file: Optional[Path],
 
     recipe_k = compose(args.recipe, list(args.set)).config.k
     rows = []
-    for k in (1, 2, 4, 8):
+    for k in [int(v) for v in args.k_values.split(",") if v.strip()]:
         run, measured = study_arm(args, out / "study-k" / f"k{k}", steps, split_file, [f"k={k}"],
                                   reference if k == recipe_k else None)
         rows.append({"k": k, **measured, "step_s": step_seconds(run), "run": str(run)})
