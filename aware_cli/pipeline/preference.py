@@ -37,7 +37,7 @@ def pairwise_update(policy, prompts: Sequence[List[int]], samples: Sequence[Sequ
     cfg = policy.cfg.objective
     pairs = obj.pairs_from_groups(prompts, samples, scores, min_gap=cfg.pair_min_gap,
                                   reference=list(targets) if cfg.pair_reference else None,
-                                  reference_scores=target_scores if cfg.pair_reference else None)
+                                  reference_scores=target_scores)
     return pair_update(policy, pairs, step)
 
 

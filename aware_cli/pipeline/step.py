@@ -97,11 +97,12 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
 
     # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
     stats_before = verifier_stats(policy.verifier)
-    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, texts) if sampled else [[] for _ in batch]
+    # online pairs: a reference target is "chosen" only if the verifier says it is aligned (scored in the same call)
+    score_targets = sampled and objective in PAIRWISE and cfg.objective.pair_reference
+    judged = [group + [ex.response] for group, ex in zip(texts, batch)] if score_targets else texts
+    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, judged) if sampled else [[] for _ in batch]
+    target_scores = [group.pop() for group in scores] if score_targets else None
     unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
-    target_scores = None  # online pairs: a reference target is "chosen" only if the verifier says it is aligned
-    if sampled and objective in PAIRWISE and cfg.objective.pair_reference:
-        target_scores = [group[0] for group in verify(policy.verifier, batch, [[ex.response] for ex in batch])]
     t2 = time.perf_counter()
 
     # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
