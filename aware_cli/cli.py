@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+data_app = typer.Typer(help="List, describe and copy the built-in data sets (data.path=builtin:NAME).",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -411,6 +414,63 @@ def recipes_cp(
             raise AwareError(f"{dest} exists (use --force to overwrite)")
         shutil.copyfile(resolve_recipe(name), dest)
         console.print(f"copied {name} → {dest}")
+
+    _guard(body)
+
+
+@data_app.command("ls")
+def data_ls() -> None:
+    """Table of the built-in data sets: name (use as data.path=builtin:NAME), rows, licence, use."""
+
+    def body() -> None:
+        from aware_cli.data import builtin
+
+        table = Table("name", "rows", "licence", "use", title="built-in data (data.path=builtin:NAME)")
+        for entry in builtin.listing():
+            table.add_row(entry.name, str(entry.rows), entry.licence, entry.use)
+        console.print(table)
+        console.print("origin and attribution of each: aware data show NAME")
+
+    _guard(body)
+
+
+@data_app.command("show")
+def data_show(name: str = typer.Argument(..., help="Built-in data set, e.g. advbench.")) -> None:
+    """Print a built-in data set's SOURCE.md (origin, licence, attribution, columns) and its file path.
+
+    Example: aware data show alpaca-demo
+    """
+
+    def body() -> None:
+        from aware_cli.data import builtin
+
+        entry = builtin.get(name)
+        console.print(entry.source_md.read_text(), highlight=False, markup=False)
+        console.print(f"file: {entry.path}", highlight=False)
+
+    _guard(body)
+
+
+@data_app.command("cp")
+def data_cp(
+    name: str = typer.Argument(..., help="Built-in data set, e.g. alpaca-demo."),
+    dest: Path = typer.Argument(..., help="Where to write the copy (a file, or a directory to put it in)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DEST if it exists."),
+) -> None:
+    """Copy a built-in data set's file (to read or edit it; train on it with data.path=DEST).
+
+    Example: aware data cp alpaca-demo my_alpaca.json
+    """
+
+    def body() -> None:
+        from aware_cli.data import builtin
+
+        entry = builtin.get(name)
+        target = dest / entry.path.name if dest.is_dir() else dest
+        if target.exists() and not force:
+            raise AwareError(f"{target} exists (use --force to overwrite)")
+        shutil.copyfile(entry.path, target)
+        console.print(f"copied builtin:{entry.name} → {target} ({entry.licence})")
 
     _guard(body)
 

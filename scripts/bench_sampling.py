@@ -33,12 +33,12 @@ def main() -> int:
     parser.add_argument("--no-eos", action="store_true", help="never stop early: every sample is max-new-tokens long")
     parser.add_argument("--dtype", default="bfloat16", choices=["model", "bfloat16", "float16"],
                         help="sampling.dtype of the extra rows (aware and hf with cast weights)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json"))
+    parser.add_argument("--data", default="builtin:alpaca-demo", help="Alpaca JSON file or builtin:NAME")
     args = parser.parse_args()
 
     from aware_cli.cli import _quiet_libraries
     from aware_cli.config import compose
-    from aware_cli.data import build_prompt_ids
+    from aware_cli.data import build_prompt_ids, builtin
     from aware_cli.models import load_model
     from aware_cli.pipeline.sample import generate
 
@@ -46,7 +46,7 @@ def main() -> int:
     cfg = compose("alpaca", [f"model={args.model}"]).config
     model, tokenizer = load_model(cfg.model, for_training=False)
     device = next(model.parameters()).device
-    rows = json.loads(Path(args.data).read_text())[: args.batch]
+    rows = json.loads(builtin.resolve(args.data).read_text())[: args.batch]
     prompts = [build_prompt_ids(tokenizer, r["instruction"], max_tokens=256)[0] for r in rows]
     if args.no_eos:  # an EOS id no token has: both engines run every sample to max_new_tokens
         import aware_cli.pipeline.sample as sample_module

@@ -117,7 +117,9 @@ def bench_trl(args) -> dict:
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          max_position_embeddings=2048, tie_word_embeddings=True, **SHAPES[args.model_size])
     model = LlamaForCausalLM(config)
-    rows = json.loads(Path(args.data).read_text())
+    from aware_cli.data import builtin
+
+    rows = json.loads(builtin.resolve(args.data).read_text())
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}]}
                                  for r in rows[: args.batch * (args.steps + args.warmup)]])
     times = []
@@ -179,7 +181,7 @@ def main() -> int:
                         help="aware: sampling.cuda_graphs (true: static KV cache + CUDA-graph decode on GPU)")
     parser.add_argument("--gradient-checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
                         help="aware: model.gradient_checkpointing (TRL's GRPOConfig turns it on by default)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_en_demo.json"),
+    parser.add_argument("--data", default="builtin:alpaca-demo",
                         help="Alpaca-format JSON whose instructions are the prompts")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))

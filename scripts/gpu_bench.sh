@@ -9,7 +9,7 @@
 # still brings back the main numbers.
 set -u
 out=${1:-bench-out}
-data=${2:-../shared/data/alpaca/alpaca_en_demo.json}
+data=${2:-builtin:alpaca-demo}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 - <<'EOF' 2>&1 | tee -a "$out/log.txt"

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Train the embedding heads of the `harm` verifier and write aware_cli/verifiers/weights/harm_heads.safetensors.
 
-    .venv/bin/python scripts/train_verifier_heads.py [--data-dir ../shared/data] [--out PATH] [--seed 0]
+    .venv/bin/python scripts/train_verifier_heads.py [--out PATH] [--seed 0]
+
+The data are the built-in data sets (aware_cli/assets/data, `aware data ls`).
 
 Two heads on all-MiniLM-L6-v2 embeddings (see aware_cli/verifiers/heads.py):
 
@@ -51,6 +53,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))  # run from a checkout without installing
 
 from aware_cli.config.schema import EMBEDDED_ENCODER  # noqa: E402
+from aware_cli.data import builtin  # noqa: E402
 from aware_cli.verifiers.heads import SHIPPED_HEADS, HeadSpec, make_head, save_heads  # noqa: E402
 from aware_cli.verifiers.refusal import refusal_score  # noqa: E402
 
@@ -134,25 +137,23 @@ def stratified_train(keys: Sequence[str], strata: Sequence[str], seed: int) -> L
 # ---------------------------------------------------------------- data
 
 
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found (set --data-dir to the folder holding advbench/, alpaca/, "
-                         "xstest/, truthfulqa/, preference/)")
-    return path
-
-
 def read_csv(path: Path) -> List[dict]:
-    with open(_need(path), newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
-def read_sources(data_dir: Path) -> Dict[str, list]:
-    advbench = read_csv(data_dir / "advbench" / "harmful_behaviors.csv")
-    xstest = read_csv(data_dir / "xstest" / "xstest_prompts.csv")
-    truthfulqa = read_csv(data_dir / "truthfulqa" / "TruthfulQA.csv")
-    with open(_need(data_dir / "alpaca" / "alpaca_en_demo.json"), encoding="utf-8") as handle:
+SOURCES = {"advbench": "advbench", "xstest": "xstest", "truthfulqa": "truthfulqa", "alpaca": "alpaca-demo",
+           "preference": "preference-demo"}  # source -> built-in data set
+
+
+def read_sources() -> Dict[str, list]:
+    path = {name: builtin.get(dataset).path for name, dataset in SOURCES.items()}
+    advbench = read_csv(path["advbench"])
+    xstest = read_csv(path["xstest"])
+    truthfulqa = read_csv(path["truthfulqa"])
+    with open(path["alpaca"], encoding="utf-8") as handle:
         alpaca = json.load(handle)
-    with open(_need(data_dir / "preference" / "dpo_en_demo.json"), encoding="utf-8") as handle:
+    with open(path["preference"], encoding="utf-8") as handle:
         dpo = json.load(handle)
     return {"advbench": advbench, "xstest": xstest, "alpaca": alpaca, "truthfulqa": truthfulqa, "dpo": dpo}
 
@@ -685,8 +686,6 @@ def subset_metrics(probs, y, groups, mask, keep: Sequence[str]) -> Dict[str, flo
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT.parent / "shared" / "data",
-                        help="folder with advbench/, alpaca/, xstest/, truthfulqa/, preference/ (default: ../shared/data from the project root)")
     parser.add_argument("--out", type=Path, default=SHIPPED_HEADS, help="heads file to write (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training")
     parser.add_argument("--encoder", default=EMBEDDED_ENCODER, help="sentence encoder (default: %(default)s)")
@@ -700,8 +699,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     hf_logging.set_verbosity_error()
     torch.use_deterministic_algorithms(True)
     started = time.time()
-    data_dir = args.data_dir.resolve()
-    src = read_sources(data_dir)
+    src = read_sources()
     req_rows = request_rows(src, args.seed)
     ref_rows, ref_counts = refusal_rows(src, args.seed)
 
@@ -813,10 +811,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "tried": req_tried},
         "refusal_selection": {"criterion": "5-fold CV log-loss on training rows (folds by template)",
                               "chosen": cfg_name(best_ref), "tried": ref_tried},
-        "data_sha256": {name: file_sha256(data_dir / rel) for name, rel in
-                        (("advbench", "advbench/harmful_behaviors.csv"), ("alpaca", "alpaca/alpaca_en_demo.json"),
-                         ("xstest", "xstest/xstest_prompts.csv"), ("truthfulqa", "truthfulqa/TruthfulQA.csv"),
-                         ("preference", "preference/dpo_en_demo.json"))},
+        "data_sha256": {name: file_sha256(builtin.get(dataset).path) for name, dataset in SOURCES.items()},
         "command": "scripts/train_verifier_heads.py --seed %d" % args.seed,
     }
     dim = int(RX.shape[1])

@@ -1,4 +1,4 @@
-"""Shared test setup: offline hubs, and paths to the shared data next to the project."""
+"""Test setup: offline hubs, the project root (tests name fixtures as tests/fixtures/... from there)."""
 
 import os
 from pathlib import Path
@@ -10,7 +10,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -20,6 +19,6 @@ def project_root() -> Path:
 
 @pytest.fixture
 def in_project_root(monkeypatch):
-    """Recipes name ../shared/data/... relative to the project root, as `make demo` runs them."""
+    """Run from the project root: tests name their fixtures `tests/fixtures/...` relative to it."""
     monkeypatch.chdir(PROJECT_ROOT)
     return PROJECT_ROOT

@@ -2,7 +2,7 @@
 
 Each block is a dataclass; `aware_cli.config.validate` turns a composed Hydra config into
 an `AwareConfig`, checking names, types and ranges and naming the offending key on error.
-The AWARE constants of ../shared/AWARE-ALGORITHM.md live in `GateConfig`, `SamplingConfig`
+The AWARE constants of docs/algorithm.md live in `GateConfig`, `SamplingConfig`
 and `ObjectiveConfig` with the defaults given there.
 """
 
@@ -81,7 +81,7 @@ class ModelConfig:
 class MixConfig:
     """A second source mixed into the training data (e.g. AdvBench harmful goal → compliance pairs)."""
 
-    path: Optional[str] = field(None, "File of the mixed-in rows (null: no mix).")
+    path: Optional[str] = field(None, "File of the mixed-in rows, or `builtin:<name>` (null: no mix).")
     format: str = field("auto", "Format of that file (as data.format).",
                         choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf"])
     prompt_field: str = field("goal", "Prompt column.")
@@ -98,8 +98,8 @@ class MixConfig:
 class DataConfig:
     """Training data: where it is, how to read it, how much of it to use."""
 
-    path: str = field("../shared/data/alpaca/alpaca_en_demo.json",
-                      "File (.json/.jsonl/.csv) or HF dataset id with the fine-tuning pairs.")
+    path: str = field("builtin:alpaca-demo",
+                      "File (.json/.jsonl/.csv), `builtin:<name>` (a data set shipped with aware, see `aware data ls`) or HF dataset id with the fine-tuning pairs.")
     format: str = field("auto", "auto (from extension and fields), alpaca, messages, jsonl, csv, hf, hexphi "
                         "(a directory of category_<N>.csv files).",
                         choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf", "hexphi"])
@@ -279,7 +279,7 @@ class ObjectiveConfig:
     pair_reference: bool = field(True, "Online pairs: also reference target vs worst sample when the verifier "
                                  "scores the target more than pair_min_gap above the worst sample (a harmful "
                                  "row's compliance target is never chosen).")
-    pairs_path: Optional[str] = field(None, "Offline preference file (JSON array or JSONL: ShareGPT dpo_en_demo "
+    pairs_path: Optional[str] = field(None, "Offline preference file or `builtin:preference-demo` (JSON array or JSONL: ShareGPT dpo_en_demo "
                                       "layout or prompt/chosen/rejected). When set, dpo/gapo/shapo train on these "
                                       "pairs instead of online pairs from samples; no sampling or verifier call. "
                                       "It takes data.path's place (data.shuffle, seed, limit, eval_size apply).")

@@ -1,6 +1,6 @@
 """HEx-PHI: one headerless CSV per category (`category_<N>.csv`), one prompt per row in column 0.
 
-The layout is described in ../shared/data/hexphi/FORMAT.md. The data itself is gated and cannot be
+The layout is described in docs/eval.md (HEx-PHI). The data itself is gated and cannot be
 redistributed: users point `data.path` at their own copy; tests use a synthetic fixture.
 Category 2 is not in the public release, so whatever category files exist are read.
 """
@@ -34,7 +34,7 @@ _FILE = re.compile(r"^category_(\d+)\.csv$")
 def read_hexphi(directory: Path, limit_per_category: Optional[int] = None) -> List[dict]:
     """Rows `{"id", "prompt", "category", "category_name"}` from every `category_<N>.csv` in `directory`."""
     if not directory.is_dir():
-        raise DataError(f"data.path: HEx-PHI directory not found: {directory} (see ../shared/data/hexphi/FORMAT.md)")
+        raise DataError(f"data.path: HEx-PHI directory not found: {directory} (HEx-PHI is gated: download it from the Hugging Face dataset LLM-Tuning-Safety/HEx-PHI and pass its folder; layout in docs/eval.md)")
     files = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _FILE.match(p.name)))
     if not files:
         raise DataError(f"data.path: {directory} has no category_<N>.csv files (HEx-PHI layout)")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from ..config.schema import DataConfig
 from ..errors import DataError
+from . import builtin
 
 HARMFUL_LABELS = {"1", "true", "yes", "harmful", "unsafe"}
 MESSAGES_FIELD = "messages"
@@ -82,7 +83,7 @@ def _hexphi_examples(cfg: DataConfig, base_dir: Optional[Path]) -> list[Example]
     """HEx-PHI category files: every prompt is harmful; the category goes into meta."""
     from aware_cli.data.hexphi import read_hexphi
 
-    directory = (Path(base_dir or Path.cwd()) / Path(cfg.path).expanduser()).resolve()
+    directory = builtin.resolve(cfg.path, base_dir)
     return [Example(id=row["id"], prompt=row["prompt"], response="", harmful=True,
                     meta={"source": str(directory), "category": row["category"],
                           "category_name": row["category_name"], "columns": {}})
@@ -104,7 +105,7 @@ def split_examples(examples: list[Example], eval_size: int) -> tuple[list[Exampl
 
 def _resolve_source(cfg: DataConfig, base_dir: Optional[Path]) -> _Source:
     """A local file (read as CSV or JSON), a local dataset folder, or a Hub id (read by `datasets`)."""
-    path = (Path(base_dir or Path.cwd()) / Path(cfg.path).expanduser()).resolve()
+    path = builtin.resolve(cfg.path, base_dir)  # builtin:<name> → the packaged file
     if path.is_file():
         by_extension = cfg.format in ("auto", "hf") and path.suffix.lower() == ".csv"
         return _Source("csv" if cfg.format == "csv" or by_extension else "json", str(path))

@@ -33,6 +33,7 @@ import yaml
 from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import build
 from aware_cli.errors import ConfigError, DataError
+from aware_cli.extras import require
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, gate_group, soft_beta
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -342,6 +343,7 @@ def make_figure(points: Sequence[Dict[str, Any]], gate: GateConfig, *, title: Op
     Panels: main, mu_hist, sigma_hist, info, first, last (None with a single step and no `compare`),
     shares. With `compare`, `first` shows the `compare` points and `last` the last step of `points`.
     """
+    require("matplotlib", "plot", "the ALIGN-PLOT")
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from aware_cli.config.schema import AwareConfig
-from aware_cli.data import Example, split_examples
+from aware_cli.data import Example, builtin, split_examples
 from aware_cli.data.mix import TrainingData
 from aware_cli.pipeline import objectives as obj
 from aware_cli.pipeline.logprobs import token_logprobs
@@ -78,7 +78,7 @@ def offline_training_data(cfg: AwareConfig, base_dir: Optional[Path] = None) -> 
     held-out pairs' prompts and chosen responses feed the in-training evaluation).
     """
     data = cfg.data
-    path = (Path(base_dir or Path.cwd()) / Path(cfg.objective.pairs_path).expanduser()).resolve()
+    path = builtin.resolve(cfg.objective.pairs_path, base_dir)
     examples = [Example(id=str(index), prompt=row["prompt"], response=row["chosen"],
                         meta={"source": str(path), "history": row["history"], "rejected": row["rejected"]})
                 for index, row in enumerate(obj.load_preference_pairs(path))]

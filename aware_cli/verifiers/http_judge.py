@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
+from aware_cli.extras import require
 from aware_cli.config.schema import HttpJudgeConfig, VerifierConfig
 from aware_cli.errors import ConfigError
 from aware_cli.verifiers.base import Verifier, register_verifier
@@ -321,6 +322,7 @@ def _run_sync(make_coroutine):
 
 @register_verifier("http_judge")
 def build_http_judge(cfg: VerifierConfig) -> Verifier:
+    require("httpx", "judge", "verifier=http_judge")
     higher = cfg.kwargs.get("higher_is_aligned")
     if higher is not None and not isinstance(higher, bool):
         raise ConfigError(f"verifier.kwargs.higher_is_aligned: expected true or false, got {higher!r}")

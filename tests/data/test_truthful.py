@@ -22,8 +22,7 @@ def aware(*args):
 
 @pytest.fixture(scope="module")
 def data():
-    # the recipe names ../shared/data relative to the project root
-    return load_training_data(compose("truthful").config.data, base_dir=PROJECT_ROOT)
+    return load_training_data(compose("truthful").config.data)  # built-in data: any working directory
 
 
 def test_truthfulqa_rows_carry_their_answer_lists(data):

