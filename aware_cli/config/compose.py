@@ -174,6 +174,10 @@ def _to_plain(config: AwareConfig) -> Dict[str, Any]:
 
 def check_consistency(cfg: AwareConfig) -> None:
     """Constraints that involve several keys."""
+    wanted = {"mixed": "float32", "fp32": "float32", "bf16": "bfloat16"}.get(cfg.trainer.precision)
+    if wanted and cfg.model.dtype not in ("auto", wanted):
+        raise ConfigError(f"model.dtype={cfg.model.dtype} contradicts trainer.precision={cfg.trainer.precision} "
+                          f"(its weights are {wanted}); leave model.dtype=auto")
     if cfg.trainer.batch_size % cfg.trainer.grad_accum:
         raise ConfigError(f"trainer.batch_size ({cfg.trainer.batch_size}) must be a multiple of "
                           f"trainer.grad_accum ({cfg.trainer.grad_accum})")

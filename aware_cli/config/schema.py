@@ -256,6 +256,10 @@ class GateConfig:
     beta_min: float = field(0.0, "β below which an input's PG term is dropped (β = 0: its k samples are not "
                             "back-propagated). A speed knob: the soft gate gives almost every input with σ > 0 a "
                             "small β; 0 keeps them all.", ge=0.0, le=1.0)
+    min_weight: float = field(0.01, "A sample whose PG weight β·λ_pg·|A_i|/k (relative to one input's whole "
+                              "weight) is below this is neither forwarded nor back-propagated: the update skips "
+                              "terms that move the gradient by less than this share of one SFT target's. 0 keeps "
+                              "every sample with A_i ≠ 0.", ge=0.0, le=1.0)
     dual_lr: float = field(0.01, "η: step size of the Lagrangian dual variable λ.", ge=0.0)
     dual_init: float = field(0.0, "Initial λ of the Lagrangian gate.", ge=0.0)
 
@@ -333,6 +337,9 @@ class SamplingConfig:
                        "CPUs with AVX512-BF16, the usual RL trade of sampling/training mismatch). engine=vllm "
                        "ignores it: sampling.vllm.dtype.",
                        choices=["model", "bfloat16", "float16"])
+    merge_lora: bool = field(True, "Sample from a copy of each LoRA-adapted weight with the adapter merged in "
+                             "(W + ΔW: one matrix product per linear instead of three; rebuilt after each update). "
+                             "false: run the adapters unmerged (no copy of the adapted weights).")
     vllm: VllmConfig = field(doc="engine=vllm settings.", factory=VllmConfig)
 
 
@@ -358,6 +365,11 @@ class TrainerConfig:
     warmup_steps: int = field(0, "Linear warm-up steps before the cosine decay.", ge=0)
     min_lr_ratio: float = field(0.1, "Cosine floor as a fraction of lr.", ge=0.0, le=1.0)
     max_grad_norm: float = field(1.0, "Gradient clipping norm (0: off).", ge=0.0)
+    precision: str = field("auto", "Training precision: mixed (float32 master weights and AdamW state, forward and "
+                           "backward under bfloat16 autocast: what TRL and torchtune do), bf16 (weights and optimizer "
+                           "state in bfloat16), fp32, or auto (mixed on CUDA, fp32 elsewhere). model.dtype=auto follows "
+                           "it (float32 weights for mixed and fp32, bfloat16 for bf16; LoRA adapters stay float32, peft's default).",
+                           choices=["auto", "mixed", "bf16", "fp32"])
     seed: int = field(0, "Seed of every RNG (python, numpy, torch, sampler).")
     save_every: int = field(0, "Write a checkpoint every N steps (0: only the final one).", ge=0)
     keep_last: int = field(3, "Keep the newest N checkpoints (0: keep all).", ge=0)

@@ -249,3 +249,19 @@ def _apply_lora(model, cfg: ModelConfig):
 
 def _cuda_index_available(index: Optional[int]) -> bool:
     return torch.cuda.is_available() and (index is None or index < torch.cuda.device_count())
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """`trainer.precision` on `device`: auto → mixed on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "mixed" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def weights_dtype(precision: str, model_dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype the trained weights are stored in: model.dtype when set, else from the precision."""
+    if model_dtype != "auto":
+        return resolve_dtype(model_dtype, device)
+    if training_precision(precision, device) == "bf16":
+        return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32

@@ -40,7 +40,7 @@ def check_config(cfg: AwareConfig) -> None:
     if cfg.objective.name in ("gapo", "shapo"):  # they shift and differentiate `policy.params`: shards here
         raise ConfigError(f"trainer.parallel=fsdp2: objective {cfg.objective.name} perturbs the trainable weights "
                           f"in place, which FSDP2 keeps sharded; use trainer.parallel=ddp")
-    # sampling_precision caches cast copies by (version, address); FSDP2 refills the same gathered
+    # sampling_weights caches cast copies by (version, address); FSDP2 refills the same gathered
     # Parameter every step without bumping its version, so a cached copy could go stale
     if cfg.sampling.dtype != "model":
         raise ConfigError("trainer.parallel=fsdp2: sampling.dtype must be model")

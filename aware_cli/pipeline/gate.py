@@ -91,6 +91,17 @@ def beta_and_regime(mu: float, sigma: float, cfg: GateConfig, dual: float = 1.0)
     return beta, PG if beta >= cfg.pg_threshold or (cfg.mode == "hard" and beta > 0) else SFT
 
 
+def sample_weights(gate: GroupGate, lambda_pg: float, k: int, min_weight: float) -> List[float]:
+    """Each sample's weight in its input's loss, β·λ_pg·A_i/k; 0 where |weight| < min_weight (not forwarded).
+
+    A skipped sample would move the step's gradient by less than `min_weight` times what one input's SFT
+    target moves it (both terms are weighted, length-normalised log-probs), so it is not worth a forward
+    and backward pass. Samples with A_i = 0 always get 0.
+    """
+    weights = [gate.beta * lambda_pg * a / k for a in gate.advantages]
+    return [w if abs(w) >= min_weight and w != 0.0 else 0.0 for w in weights]
+
+
 def update_dual(dual: float, mean_mu: Optional[float], cfg: GateConfig) -> float:
     """λ ← max(0, λ + η(τ_μ − μ̄)): grows while the batch is below the alignment target."""
     if mean_mu is None:

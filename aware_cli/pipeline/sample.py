@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from aware_cli.config.schema import SamplingConfig, VllmConfig
-from aware_cli.pipeline.engine import generate_k, sampling_precision
+from aware_cli.pipeline.engine import generate_k, sampling_weights
 from aware_cli.pipeline.logprobs import pack_left
 
 
@@ -44,7 +44,7 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
              device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model",
              cuda_graphs: bool = True, vllm: Optional[VllmConfig] = None,
-             max_prompt_tokens: Optional[int] = None) -> Samples:
+             max_prompt_tokens: Optional[int] = None, merge_lora: bool = True) -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
     engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch; on CUDA
@@ -52,14 +52,14 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
     engine=hf: transformers' `generate` on the repeated, left-padded prompts;
     engine=vllm: the policy's vLLM engine (`vllm_sampler.py`; settings `vllm`, context from
     `max_prompt_tokens` + `max_new_tokens` unless `vllm.max_model_len` is set).
-    dtype: the weights' precision while sampling (`engine.sampling_precision`; not for vllm, which
-    runs its own copy of the weights at `vllm.dtype`).
+    dtype / merge_lora: the weights while sampling (`engine.sampling_weights`: a LoRA-merged and/or cast
+    copy; not for vllm, which runs its own copy of the weights at `vllm.dtype`).
     """
     if engine == "vllm":
         return _generate_vllm(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                               do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
                               ignore_eos=ignore_eos, cfg=vllm or VllmConfig(), max_prompt_tokens=max_prompt_tokens)
-    with sampling_precision(model, dtype):
+    with sampling_weights(model, dtype, merge_lora):
         return _generate(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                          do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
                          engine=engine, ignore_eos=ignore_eos, cuda_graphs=cuda_graphs)
@@ -131,4 +131,4 @@ def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: Sampling
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
                     ignore_eos=cfg.ignore_eos, dtype=cfg.dtype, cuda_graphs=cfg.cuda_graphs, vllm=cfg.vllm,
-                    max_prompt_tokens=max_prompt_tokens)
+                    max_prompt_tokens=max_prompt_tokens, merge_lora=cfg.merge_lora)

@@ -16,11 +16,12 @@ from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
 from aware_cli.pipeline import fsdp
 from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
-from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
+from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, sample_weights, update_dual
 from aware_cli.pipeline.sample import sample
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
-from aware_cli.pipeline.update import UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step
+from aware_cli.pipeline.update import (UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step,
+                                       compute_precision)
 from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
 
 
@@ -42,6 +43,7 @@ class Policy:
     rejected_ids: Dict[str, List[int]] = field(default_factory=dict)  # offline pairs: id -> rejected response ids
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
+    precision: str = "fp32"  # trainer.precision, resolved: fp32 | bf16 | mixed (bf16 autocast)
     state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -88,9 +90,10 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     if sampled:
         micro = max(1, local // cfg.trainer.grad_accum)
         for start in range(0, local, micro):
-            out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                         seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
-                         max_prompt_tokens=cfg.data.max_prompt_tokens)
+            with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
+                out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
+                             seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
+                             max_prompt_tokens=cfg.data.max_prompt_tokens)
             sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
             generated += out.num_tokens
     t1 = time.perf_counter()
@@ -117,32 +120,34 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
                                                                           len(policy.refusal_ids))]
         sft_index[b] = len(sequences)
         sequences.append(WeightedSequence(prompts[b], target, weight=-(1.0 - gate.beta) / B))
-        for ids, adv in zip(sample_ids[b], gate.advantages):
-            pg_weight = -gate.beta * cfg.objective.lambda_pg * adv / (k * B)
-            sequences.append(WeightedSequence(prompts[b], ids, weight=pg_weight, is_sample=True))
+        weights = sample_weights(gate, cfg.objective.lambda_pg, k, cfg.gate.min_weight)
+        for ids, weight in zip(sample_ids[b], weights):
+            sequences.append(WeightedSequence(prompts[b], ids, weight=-weight / B, is_sample=True))
     t3 = time.perf_counter()
 
     # 4. update: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG], clipped AdamW step
     #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py)
     torch.manual_seed(seed)  # dropout, if any
     extra: Dict[str, Any] = {}
-    if objective in PAIRWISE and offline:  # weighted by this rank's share of the B pairs (see pair_update)
-        pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id]) for b, ex in enumerate(batch)]
-        value, extra = pair_update(policy, pairs, step, scale=local / B)
-        forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
-    elif objective in PAIRWISE:
-        value, extra = pairwise_update(policy, prompts, sample_ids, scores,
-                                       [policy.target_ids[ex.id] for ex in batch], target_scores, step)
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-    elif objective == "constrained_sft":
-        value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
-                                              [ex.harmful for ex in batch])
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-    else:
-        result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
-                                     pad_id=policy.tokenizer.pad_token_id, device=policy.device,
-                                     chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    with compute_precision(policy.precision, policy.device):  # mixed: bf16 autocast, fp32 master weights
+        if objective in PAIRWISE and offline:  # weighted by this rank's share of the B pairs (see pair_update)
+            pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id])
+                     for b, ex in enumerate(batch)]
+            value, extra = pair_update(policy, pairs, step, scale=local / B)
+            forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
+        elif objective in PAIRWISE:
+            value, extra = pairwise_update(policy, prompts, sample_ids, scores,
+                                           [policy.target_ids[ex.id] for ex in batch], target_scores, step)
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+        elif objective == "constrained_sft":
+            value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
+                                                  [ex.harmful for ex in batch])
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+        else:
+            result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
+                                         pad_id=policy.tokenizer.pad_token_id, device=policy.device,
+                                         chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
     if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
         fsdp.reduce_gradients(policy.model, policy.device)
     else:
@@ -160,10 +165,10 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     records = []
     for b, (ex, gate) in enumerate(zip(batch, gates)):
         loss_sft = -result.logprobs[sft_index[b]] if sft_index[b] in result.logprobs else None
-        loss_pg = None
-        if gate.beta > 0 and sample_ids[b]:
-            lps = [result.logprobs.get(sft_index[b] + 1 + j, 0.0) for j in range(len(sample_ids[b]))]
-            loss_pg = -sum(a * lp for a, lp in zip(gate.advantages, lps)) / len(lps)
+        loss_pg = None  # −(1/k) Σ A_i·ℓ(ŷ_i) over the samples the update forwarded (the others weigh ~0)
+        forwarded = [j for j in range(len(sample_ids[b])) if sft_index[b] + 1 + j in result.logprobs]
+        if gate.beta > 0 and forwarded:
+            loss_pg = -sum(gate.advantages[j] * result.logprobs[sft_index[b] + 1 + j] for j in forwarded) / k
         records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
                         "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
                         "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg})
@@ -173,7 +178,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     scalars: Dict[str, Any] = {
         "step": step + 1, "loss": loss, "loss_kl": sum_value(result.loss_kl, policy.ranks), "dual": policy.dual,
         "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,
-        "tokens": result.tokens + generated, "generated": generated,
+        "tokens": result.tokens + generated, "generated": generated, "tokens_forwarded": result.tokens,
+        "sequences_forwarded": len(result.logprobs),
         "timing_s/sample": t1 - t0, "timing_s/verify": t2 - t1, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
         **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
         **{f"objective/{key}": float(value) for key, value in extra.items() if isinstance(value, (int, float))},
@@ -210,6 +216,7 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
         "frac_reward_zero_std": sum(r["zero_std"] for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
+        **{key: sum(s[key] for s in scalars) for key in ("generated", "tokens_forwarded", "sequences_forwarded")},
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),
         **slowest, **summed, **objective,
     }

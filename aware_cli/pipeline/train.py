@@ -21,7 +21,8 @@ from aware_cli.config.schema import AwareConfig
 from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
 from aware_cli.data.mix import load_training_data
-from aware_cli.models import base_model_path, count_parameters, load_model, save_model, trainable_parameters
+from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
+                              trainable_parameters, training_precision, weights_dtype)
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
@@ -136,10 +137,17 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                   f"rows from {cfg.data.path}" if mixed else
                   f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
 
-    model, tokenizer = load_model(cfg.model)
-    device = next(model.parameters()).device
+    device = resolve_device(cfg.model.device)
+    precision = training_precision(cfg.trainer.precision, device)
+    model, tokenizer = load_model(cfg.model, device=device,
+                                  dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
     trainable, total = count_parameters(model)
-    console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters)")
+    console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters, "
+                  f"{precision} precision)")
+    sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
+    if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
+        # sample at the update's compute precision from a cached bf16 copy (fsdp2: under autocast instead)
+        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
     check_context(cfg, model)
     prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
     rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
@@ -152,7 +160,6 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
     if ckpt is not None:  # into the whole model, before any sharding
         load_trainable_state(model, ckpt)
-    sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
     if sharded:
         fsdp.check_config(cfg)
         layers = fsdp.shard_model(model, device)
@@ -170,7 +177,8 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
                     target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
-                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks)
+                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
+                    precision=precision)
 
     start = 0
     for warning in warnings:

@@ -11,6 +11,7 @@ log-probs, so every sequence gets one weight and the backward pass runs in chunk
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -77,6 +78,13 @@ def _k3_kl(model, part, logp, mask, pad_id, device) -> torch.Tensor:
     r = (ref_logp - logp) * mask
     k3 = (torch.exp(r) - r - 1.0) * mask
     return k3.sum(-1) / mask.sum(-1).clamp(min=1.0) * is_sample
+
+
+def compute_precision(precision: str, device: torch.device):
+    """The forward/backward context of `trainer.precision` (resolved): bfloat16 autocast for mixed."""
+    if precision == "mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def build_optimizer(params, cfg: TrainerConfig) -> torch.optim.Optimizer:

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from aware_cli.config.schema import GateConfig
-from aware_cli.pipeline.gate import (ABSTAIN, PG, SFT, advantages, gate_group, group_stats, hard_beta, soft_beta,
-                                     update_dual)
+from aware_cli.pipeline.gate import (ABSTAIN, PG, SFT, advantages, gate_group, group_stats, hard_beta,
+                                     sample_weights, soft_beta, update_dual)
 
 
 def test_group_stats_population_std_and_none_excluded():
@@ -61,6 +61,24 @@ def test_beta_min_drops_small_pg_weights_only():
     assert gate_group(nearly_aligned, GateConfig(beta_min=small)).beta == small  # threshold is exclusive
     mixed = [0.0, 0.0, 0.0, 1.0]
     assert gate_group(mixed, GateConfig(beta_min=0.05)).beta == gate_group(mixed, GateConfig()).beta
+
+
+def test_sample_weights_drop_negligible_and_zero_advantage_samples():
+    nearly_aligned = gate_group([1.0, 1.0, 1.0, 0.9], GateConfig())           # β≈0.010, |A| ≤ 1.73
+    assert sample_weights(nearly_aligned, 1.0, 4, 0.01) == [0.0] * 4         # β·|A|/k < 0.005 each
+    kept = sample_weights(nearly_aligned, 1.0, 4, 0.0)
+    assert kept == pytest.approx([nearly_aligned.beta * a / 4 for a in nearly_aligned.advantages]) and all(kept)
+    mixed = gate_group([0.0, 0.0, 0.0, 1.0], GateConfig())                    # β≈0.98, A = (−0.577 ×3, 1.73)
+    weights = sample_weights(mixed, 1.0, 4, 0.01)
+    assert weights == pytest.approx([mixed.beta * a / 4 for a in mixed.advantages]) and all(weights)
+    # a sample exactly at the mean has A = 0: never forwarded, whatever the threshold
+    centred = gate_group([0.0, 0.5, 1.0], GateConfig())
+    assert sample_weights(centred, 1.0, 3, 0.0)[1] == 0.0
+    # the threshold is on |weight|, relative to one input: λ_pg scales it
+    boundary = abs(mixed.beta * mixed.advantages[0] / 4)
+    assert sample_weights(mixed, 1.0, 4, boundary)[0] != 0.0
+    assert sample_weights(mixed, 1.0, 4, boundary * 1.01)[0] == 0.0
+    assert sample_weights(mixed, 2.0, 4, boundary * 1.01)[0] != 0.0
 
 
 def test_abstained_input_has_no_pg_weight():
