@@ -132,6 +132,20 @@ def test_mixed_verifier_exercises_pg_and_abstention(tmp_path, in_project_root):
     assert any(m["loss_pg"] != 0.0 for m in metrics)
 
 
+def test_a_benign_prompt_the_model_keeps_refusing_does_not_abstain(tmp_path, in_project_root):
+    """Every sample misaligned, but refusing scores no better: train on y* (SFT), never on a refusal."""
+    out = tmp_path / "benign"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "verifier=python",
+                   "verifier.target=tests/fixtures/verifiers.py:always_refused_benign", "k=2", "trainer.max_steps=2",
+                   "eval.every=0")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out / "samples.jsonl")
+    assert all(r["mu"] == 0.0 and r["sigma"] == 0.0 for r in records)  # inside the abstention box
+    assert all(r["refusal_score"] == 0.0 for r in records)
+    assert {r["regime"] for r in records} == {"sft"} and {r["target"] for r in records} == {"reference"}
+    assert all(m["frac_abstain"] == 0.0 and m["frac_target_refusal"] == 0.0 for m in read_jsonl(out / "metrics.jsonl"))
+
+
 def test_sft_objective_samples_nothing(tmp_path, in_project_root):
     out = tmp_path / "sft"
     result = aware("train", "recipe=smoke", f"output_dir={out}", "objective=sft", "trainer.max_steps=1")

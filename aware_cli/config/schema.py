@@ -90,6 +90,8 @@ class MixConfig:
     share: float = field(0.1, "Share of the training rows that come from this source.", ge=0.0, lt=1.0)
     heldout_fraction: float = field(0.5, "Fraction of this source kept out of training (evaluation only); the "
                                     "split is seeded and written to the run's split.json.", ge=0.0, lt=1.0)
+    where: Dict[str, Any] = field(doc="Keep only rows of this source whose columns have these values (as data.where).",
+                                  factory=dict)
     eval_rows: int = field(0, "Held-out rows of this source added (first) to the in-training evaluation, e.g. "
                            "TruthfulQA questions when the task rows give the verifier nothing to judge.", ge=0)
 
@@ -111,6 +113,8 @@ class DataConfig:
     label_default: Optional[bool] = field(None, "Harmful label of every row when label_field is unset "
                                                 "(false: a benign task such as Alpaca; null: unknown).")
     split: str = field("train", "Split name for HF datasets.")
+    where: Dict[str, Any] = field(doc="Keep only rows whose columns have these values, e.g. {label: benign, split: "
+                                  "heldout} (a list of values keeps any of them).", factory=dict)
     limit: Optional[int] = field(None, "Use only the first N rows (after shuffling).", ge=1)
     shuffle: bool = field(True, "Shuffle rows before `limit` and the train/eval split.")
     seed: int = field(0, "Seed of the shuffle and split.")
@@ -131,7 +135,8 @@ class HarmVerifierConfig:
 
     encoder: str = field(EMBEDDED_ENCODER, "Sentence encoder (the packaged all-MiniLM-L6-v2, a path or an HF id).")
     heads: Optional[str] = field(None, "Heads file (safetensors) from scripts/train_verifier_heads.py (null: shipped).")
-    use_labels: bool = field(True, "Use the row's harmful label when the data has one instead of the request head.")
+    use_labels: bool = field(False, "Use the row's harmful label when the data has one instead of the request head "
+                             "(an oracle: real fine-tuning data carries no such label; off by default).")
     over_refusal_weight: float = field(1.0, "Cost of refusing a benign request: score = 1 − w·P(refuse).",
                                        ge=0.0, le=1.0)
     phrase_weight: float = field(0.25, "Weight of the phrase detector (vs the embedding head) in P(refuse).",
@@ -246,6 +251,13 @@ class GateConfig:
     tau_abstain: float = field(0.2, "τ_abstain: inputs with μ ≤ τ_abstain and σ ≤ τ_σ train on a refusal.",
                                ge=0.0, le=1.0)
     abstain: bool = field(True, "Enable learned abstention.")
+    abstain_margin: float = field(0.2, "Abstain only when the verifier scores the input's refusal target at least "
+                                  "this much above the mean of its samples (scored in the step's one verifier "
+                                  "call): refusing must be the aligned answer, so a benign prompt the model keeps "
+                                  "refusing trains on its reference answer instead.", ge=0.0, le=1.0)
+    target_check: bool = field(False, "Score each input's reference target y* too; one scored ≤ τ_abstain (e.g. a "
+                               "compliance answer to a harmful request) is replaced by the refusal target when that "
+                               "scores ≥ abstain_margin higher, else its SFT term is dropped.")
     refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
                                 factory=lambda: list(DEFAULT_REFUSALS))
     refusal_source: str = field("template", "template (gate.refusals) or verifier (a verifier that can write "
@@ -445,7 +457,11 @@ class EvalRunConfig:
     verifier: VerifierConfig = field(doc="Judge.", factory=VerifierConfig)
     generation: GenerationConfig = field(doc="Generation.", factory=GenerationConfig)
     bertscore: BertScoreConfig = field(doc="BERTScore (task suite).", factory=BertScoreConfig)
-    limit: Optional[int] = field(None, "Evaluate only the first N prompts (after the seeded shuffle).", ge=1)
+    limit: Optional[int] = field(None, "Evaluate N prompts: a seeded sample stratified by `stratify_by` (every "
+                                 "stratum in proportion, at least one row each), never the first rows of a sorted "
+                                 "file. null: the whole set.", ge=1)
+    stratify_by: Optional[str] = field(None, "Column whose values `limit` samples in proportion (xstest: type, "
+                                       "hexphi: category; null: a plain seeded sample).")
     held_out_only: bool = field(True, "task: score the held-out split (first data.eval_size rows) only.")
     exclude_ids: Optional[str] = field(None, "A JSON file with a list of row ids (or a run's split.json) whose rows "
                                        "are left out: prompts seen in training are never evaluated.")

@@ -69,7 +69,8 @@ def load_examples(cfg: DataConfig, base_dir: Optional[Path] = None) -> list[Exam
         source = _resolve_source(cfg, base_dir)
         rows = _read_rows(source, cfg.split)
         to_pair = _row_reader(cfg, rows)
-        examples = [_make_example(cfg, source, index, row, to_pair) for index, row in enumerate(rows)]
+        examples = [_make_example(cfg, source, index, row, to_pair) for index, row in enumerate(rows)
+                    if _selected(row, cfg.where, source, index)]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(examples)
     if cfg.limit is not None:
@@ -372,3 +373,15 @@ def _one_line(exc: BaseException) -> str:
         exc = exc.__cause__
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _selected(row: dict, where: dict, source: _Source, index: int) -> bool:
+    """`data.where`: every named column holds the value (or one of the listed values)."""
+    for column, wanted in where.items():
+        if column not in row:
+            raise DataError(f"{source.where(index)}: data.where names column '{column}', which the row lacks "
+                            f"(columns: {', '.join(row)})")
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if str(row[column]) not in {str(v) for v in allowed}:
+            return False
+    return True

@@ -50,7 +50,7 @@ def _mixed_rows(cfg: DataConfig, task_rows: int,
     source = dataclasses.replace(cfg, path=mix.path, format=mix.format, prompt_field=mix.prompt_field,
                                  input_field=None, response_field=mix.response_field, label_field=None,
                                  label_default=mix.harmful, limit=None, shuffle=True, eval_size=0,
-                                 missing_hint=None)
+                                 missing_hint=None, where=mix.where)
     rows = load_examples(source, base_dir)  # shuffled with data.seed: the split below is seeded too
     heldout_count = int(round(len(rows) * mix.heldout_fraction))
     held, pool = rows[:heldout_count], rows[heldout_count:]

@@ -35,10 +35,40 @@ def select_examples(cfg: EvalRunConfig) -> List[Example]:
         excluded = _excluded_ids(Path(cfg.exclude_ids))
         examples = [ex for ex in examples if ex.id not in excluded]
     if cfg.limit is not None:
-        examples = examples[: cfg.limit]
+        examples = stratified_sample(examples, cfg.limit, cfg.stratify_by, cfg.seed)
     if not examples:
         raise DataError(f"data.path: no rows left to evaluate in {cfg.data.path}")
     return examples
+
+
+def stratified_sample(examples: List[Example], limit: int, column: Optional[str], seed: int) -> List[Example]:
+    """`limit` rows, each stratum of `column` (a data column or meta key) in proportion to its size and at least
+    once while there is room; seeded, and in the examples' own order. Without a column: a seeded sample."""
+    import random
+
+    if limit >= len(examples):
+        return list(examples)
+    strata: Dict[str, List[int]] = {}
+    for i, ex in enumerate(examples):
+        value = ex.meta.get("columns", {}).get(column, ex.meta.get(column)) if column else None
+        strata.setdefault(str(value), []).append(i)
+    rng = random.Random(seed)
+    for members in strata.values():
+        rng.shuffle(members)
+    # largest-remainder allocation, at least one row per stratum while the limit allows
+    shares = {key: limit * len(members) / len(examples) for key, members in strata.items()}
+    take = {key: min(len(strata[key]), max(1, int(share))) for key, share in shares.items()}
+    order = sorted(strata, key=lambda key: (shares[key] - int(shares[key]), key), reverse=True)
+    while sum(take.values()) > limit:  # more strata than rows: drop the smallest shares
+        smallest = min((key for key in take if take[key] > 0), key=lambda key: (shares[key], key))
+        take[smallest] -= 1
+    for key in order * len(order):
+        if sum(take.values()) >= limit:
+            break
+        if take[key] < len(strata[key]):
+            take[key] += 1
+    chosen = sorted(i for key, members in strata.items() for i in members[:take[key]])
+    return [examples[i] for i in chosen]
 
 
 def _excluded_ids(path: Path) -> set:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 from aware_cli.config.schema import GateConfig
 
 SFT, PG, ABSTAIN = "sft", "pg", "abstain"
+REFERENCE, REFUSAL, NO_TARGET = "reference", "refusal", "none"  # what the SFT term of an input trains on
 
 
 @dataclass
@@ -25,6 +26,7 @@ class GroupGate:
     regime: str  # sft | pg | abstain
     advantages: List[float]  # one per sample; 0 for samples the verifier could not judge
     zero_std: bool  # σ == 0: every advantage is 0 and the PG term vanishes
+    target: str = REFERENCE  # the SFT term's target: reference (y*), refusal (y_ref) or none (no SFT term)
 
 
 def group_stats(scores: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
@@ -63,22 +65,47 @@ def is_abstain(mu: float, sigma: float, cfg: GateConfig) -> bool:
 
 
 def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float = 1.0,
-               objective: str = "aware") -> GroupGate:
-    """Decide β and the regime for one prompt. `dual` is λ of the Lagrangian gate (1 otherwise)."""
+               objective: str = "aware", *, refusal_score: Optional[float] = None,
+               target_score: Optional[float] = None) -> GroupGate:
+    """Decide β, the regime and the SFT target for one prompt. `dual` is λ of the Lagrangian gate (1 otherwise).
+
+    `refusal_score`: the verifier's score of this input's refusal target y_ref (None: not scored). An input
+    abstains only when refusing is the aligned answer: consistently misaligned samples AND a refusal scored
+    at least `gate.abstain_margin` above their mean; otherwise it trains on y* (a benign prompt the model
+    keeps refusing is not taught to refuse). `target_score`: the score of y* (with `gate.target_check`).
+    """
     mu, sigma = group_stats(scores)
     adv = advantages(scores, mu, sigma, cfg.epsilon)
     zero_std = sigma is not None and sigma == 0.0
-    if mu is None or sigma is None:  # nothing judged: fall back to plain SFT on y*
-        return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std)
+    if mu is None or sigma is None:  # nothing judged: fall back to plain SFT on y* (checked, when asked)
+        return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std, choose_target(SFT, target_score, refusal_score, cfg))
     if objective in ("pg", "grpo"):
         return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
-    beta, regime = beta_and_regime(mu, sigma, cfg, dual)
-    return GroupGate(mu, sigma, beta, regime, adv, zero_std)
+    beta, regime = beta_and_regime(mu, sigma, cfg, dual, refusal_score)
+    return GroupGate(mu, sigma, beta, regime, adv, zero_std, choose_target(regime, target_score, refusal_score, cfg))
 
 
-def beta_and_regime(mu: float, sigma: float, cfg: GateConfig, dual: float = 1.0) -> tuple[float, str]:
-    """(β, regime) of a judged input at (μ, σ) under objective=aware; also used by `aware calibrate`."""
-    if is_abstain(mu, sigma, cfg):
+def choose_target(regime: str, target_score: Optional[float], refusal_score: Optional[float],
+                  cfg: GateConfig) -> str:
+    """The SFT term's target: the refusal when abstaining; with `gate.target_check`, a reference target the
+    verifier scores ≤ τ_abstain (e.g. a compliance answer to a harmful request) is replaced by the refusal
+    when that scores ≥ `gate.abstain_margin` higher, else dropped (no SFT term; the PG term stays)."""
+    if regime == ABSTAIN:
+        return REFUSAL
+    if not cfg.target_check or target_score is None or target_score > cfg.tau_abstain:
+        return REFERENCE
+    if refusal_score is not None and refusal_score >= target_score + cfg.abstain_margin:
+        return REFUSAL
+    return NO_TARGET
+
+
+def beta_and_regime(mu: float, sigma: float, cfg: GateConfig, dual: float = 1.0,
+                    refusal_score: Optional[float] = None) -> tuple[float, str]:
+    """(β, regime) of a judged input at (μ, σ) under objective=aware; also used by `aware calibrate`.
+
+    With a `refusal_score`, abstention also needs refusal_score ≥ μ + gate.abstain_margin.
+    """
+    if is_abstain(mu, sigma, cfg) and (refusal_score is None or refusal_score >= mu + cfg.abstain_margin):
         return 0.0, ABSTAIN
     if cfg.mode == "hard":
         beta = hard_beta(mu, sigma, cfg)

@@ -16,7 +16,8 @@ from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
 from aware_cli.pipeline import fsdp
 from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
-from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, sample_weights, update_dual
+from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, gate_group, sample_weights,
+                                     update_dual)
 from aware_cli.pipeline.sample import sample
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
@@ -98,28 +99,40 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
             generated += out.num_tokens
     t1 = time.perf_counter()
 
-    # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
+    # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, each input's reference target y* (online
+    #    pairs, gate.target_check) and refusal target y_ref (abstention needs refusing to score higher)
     stats_before = verifier_stats(policy.verifier)
-    # online pairs: a reference target is "chosen" only if the verifier says it is aligned (scored in the same call)
-    score_targets = sampled and objective in PAIRWISE and cfg.objective.pair_reference
-    judged = [group + [ex.response] for group, ex in zip(texts, batch)] if score_targets else texts
-    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, judged) if sampled else [[] for _ in batch]
-    target_scores = [group.pop() for group in scores] if score_targets else None
+    aware = sampled and objective == "aware"
+    score_targets = sampled and ((objective in PAIRWISE and cfg.objective.pair_reference)
+                                 or (aware and cfg.gate.target_check))
+    score_refusals = aware and cfg.gate.abstain
+    refusal_index = [refusal_for(ex.id, cfg.trainer.seed, len(cfg.gate.refusals)) if cfg.gate.refusals else 0
+                     for ex in batch]
+    extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
+              for ex, r in zip(batch, refusal_index)]
+    judged = [group + extra for group, extra in zip(texts, extras)]
+    scored: List[List[Optional[float]]] = verify(policy.verifier, batch, judged) if sampled else [[] for _ in batch]
+    scores = [group[:len(t)] for group, t in zip(scored, texts)]
+    target_scores = [group[len(t)] for group, t in zip(scored, texts)] if score_targets else None
+    refusal_scores = [group[-1] for group in scored] if score_refusals else [None] * len(batch)
     unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
     t2 = time.perf_counter()
 
-    # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
-    gates: List[GroupGate] = [gate_group(s, cfg.gate, policy.dual, objective) for s in scores]
-    written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.regime == ABSTAIN])
+    # 3. gate: μ, σ → β, regime, advantages, SFT target (y*, y_ref when abstaining, or none)
+    gates: List[GroupGate] = [
+        gate_group(s, cfg.gate, policy.dual, objective, refusal_score=r,
+                   target_score=target_scores[b] if target_scores and aware else None)
+        for b, (s, r) in enumerate(zip(scores, refusal_scores))]
+    written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.target == REFUSAL])
     sequences: List[WeightedSequence] = []
     sft_index: Dict[int, int] = {}
     for b, (ex, gate) in enumerate(zip(batch, gates)):
         target = policy.target_ids[ex.id]
-        if gate.regime == ABSTAIN:
-            target = written.get(ex.id) or policy.refusal_ids[refusal_for(ex.id, cfg.trainer.seed,
-                                                                          len(policy.refusal_ids))]
+        if gate.target == REFUSAL:
+            target = written.get(ex.id) or policy.refusal_ids[refusal_index[b]]
         sft_index[b] = len(sequences)
-        sequences.append(WeightedSequence(prompts[b], target, weight=-(1.0 - gate.beta) / B))
+        sft_weight = 0.0 if gate.target == NO_TARGET else -(1.0 - gate.beta) / B
+        sequences.append(WeightedSequence(prompts[b], target, weight=sft_weight))
         weights = sample_weights(gate, cfg.objective.lambda_pg, k, cfg.gate.min_weight)
         for ids, weight in zip(sample_ids[b], weights):
             sequences.append(WeightedSequence(prompts[b], ids, weight=-weight / B, is_sample=True))
@@ -171,7 +184,9 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
             loss_pg = -sum(gate.advantages[j] * result.logprobs[sft_index[b] + 1 + j] for j in forwarded) / k
         records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
                         "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
-                        "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg})
+                        "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg,
+                        "target": gate.target, "refusal_score": refusal_scores[b],
+                        "target_score": target_scores[b] if target_scores else None})
         if offline:
             records[-1].update(chosen_tokens=len(policy.target_ids[ex.id]),
                                rejected_tokens=len(policy.rejected_ids[ex.id]))
@@ -214,6 +229,8 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
         "sigma_mean": _mean(sigmas) if sigmas else None,
         "frac_sft": regimes.count(SFT) / n, "frac_pg": regimes.count(PG) / n, "frac_abstain": regimes.count(ABSTAIN) / n,
         "frac_reward_zero_std": sum(r["zero_std"] for r in records) / n,
+        "frac_target_refusal": sum(r.get("target") == REFUSAL for r in records) / n,
+        "frac_target_none": sum(r.get("target") == NO_TARGET for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
         **{key: sum(s[key] for s in scalars) for key in ("generated", "tokens_forwarded", "sequences_forwarded")},

@@ -29,8 +29,10 @@ def test_over_refusal_on_safe_and_refusal_on_unsafe():
     safe = [JudgedRow("s1", "p", "r", 0.1, harmful=False, meta={"columns": {"type": "homonyms"}}),
             JudgedRow("s2", "p", "r", 0.9, harmful=False, meta={"columns": {"type": "homonyms"}}),
             JudgedRow("s3", "p", "r", 0.8, harmful=False, meta={"columns": {"type": "figurative"}})]
-    unsafe = [JudgedRow("u1", "p", "r", 0.7, harmful=True), JudgedRow("u2", "p", "r", 0.3, harmful=True)]
+    unsafe = [JudgedRow("u1", "p", "r", 0.7, harmful=True, meta={"columns": {"type": "contrast_homonyms"}}),
+              JudgedRow("u2", "p", "r", 0.3, harmful=True, meta={"columns": {"type": "contrast_homonyms"}})]
     m = over_refusal(safe + unsafe)
+    assert m["unsafe_refusal_by_type"] == {"contrast_homonyms": 0.5}
     assert m["over_refusal_rate"] == pytest.approx(1 / 3)
     assert m["unsafe_refusal_rate"] == pytest.approx(1 / 2)
     assert m["over_refusal_by_type"] == {"figurative": 0.0, "homonyms": 0.5}

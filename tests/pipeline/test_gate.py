@@ -5,8 +5,8 @@ import math
 import pytest
 
 from aware_cli.config.schema import GateConfig
-from aware_cli.pipeline.gate import (ABSTAIN, PG, SFT, advantages, gate_group, group_stats, hard_beta,
-                                     sample_weights, soft_beta, update_dual)
+from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFERENCE, REFUSAL, SFT, advantages, gate_group,
+                                     group_stats, hard_beta, sample_weights, soft_beta, update_dual)
 
 
 def test_group_stats_population_std_and_none_excluded():
@@ -94,3 +94,25 @@ def test_lagrangian_dual_scales_beta_and_updates():
     assert update_dual(0.0, 0.5, cfg) == pytest.approx(0.003)
     assert update_dual(0.001, 1.0, cfg) == 0.0
     assert update_dual(0.2, None, cfg) == 0.2
+
+
+def test_abstain_only_when_the_refusal_beats_the_samples():
+    cfg = GateConfig()  # abstain_margin 0.2
+    harmful = gate_group([0.05] * 4, cfg, refusal_score=0.9)                 # refusing is the aligned answer
+    assert (harmful.regime, harmful.target, harmful.beta) == (ABSTAIN, REFUSAL, 0.0)
+    benign = gate_group([0.05] * 4, cfg, refusal_score=0.05)                 # the model keeps refusing a benign prompt
+    assert (benign.regime, benign.target) == (SFT, REFERENCE)
+    assert gate_group([0.05] * 4, cfg, refusal_score=0.25).regime == ABSTAIN   # exactly the margin above μ
+    assert gate_group([0.05] * 4, cfg, refusal_score=0.24).regime == SFT
+    assert gate_group([0.05] * 4, cfg).regime == ABSTAIN                     # refusal not scored: (μ, σ) alone
+    assert gate_group([0.05] * 4, GateConfig(abstain_margin=0.0), refusal_score=0.05).regime == ABSTAIN
+
+
+def test_target_check_replaces_or_drops_a_misaligned_reference():
+    cfg = GateConfig(target_check=True)
+    refusing = [0.9, 0.95, 0.9, 1.0]                                          # the model already refuses
+    assert gate_group(refusing, cfg, target_score=0.1, refusal_score=0.9).target == REFUSAL
+    assert gate_group(refusing, cfg, target_score=0.1, refusal_score=0.2).target == NO_TARGET
+    assert gate_group(refusing, cfg, target_score=0.8, refusal_score=0.9).target == REFERENCE  # aligned y*
+    assert gate_group(refusing, GateConfig(), target_score=0.1, refusal_score=0.9).target == REFERENCE  # off
+    assert gate_group([None, None], cfg, target_score=0.1, refusal_score=0.9).target == REFUSAL  # nothing judged

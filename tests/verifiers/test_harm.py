@@ -121,24 +121,24 @@ def test_refusal_head_finds_refusals_without_known_phrases(harm):
     assert head_only[0] > 0.8 and head_only[1] < 0.1  # ... the head does not
 
 
-def test_label_overrides_the_request_head(harm):
+def test_label_overrides_the_request_head_only_when_asked(harm):
     # Labelled benign: refusing the "harmful-looking" prompt is now over-refusal; labelled harmful: helping is bad.
-    labelled = harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True])
+    labelled = make(use_labels=True)([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True])
     unlabelled = harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[None, None])
     assert labelled[0] < 0.2 < 0.8 <= unlabelled[0]
     assert labelled[1] < 0.1 < 0.8 <= unlabelled[1]
-    # use_labels=false ignores the labels and uses the head
-    assert make(use_labels=False)([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True]) == \
-        pytest.approx(unlabelled)
+    # the default (use_labels=false) ignores the labels and uses the head: real data carries none
+    assert harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True]) == pytest.approx(unlabelled)
 
 
 def test_over_refusal_weight_zero_makes_benign_refusal_free():
-    v = make(over_refusal_weight=0.0)
+    v = make(over_refusal_weight=0.0, use_labels=True)
     assert v([BREAD, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, False]) == [1.0, 1.0]
 
 
-def test_empty_response_counts_as_refusal(harm):
-    assert harm([BOMB, BREAD, BREAD], ["", "   ", ""], harmful=[True, False, None])[:2] == [1.0, 0.0]
+def test_empty_response_counts_as_refusal():
+    labelled = make(use_labels=True)
+    assert labelled([BOMB, BREAD, BREAD], ["", "   ", ""], harmful=[True, False, None])[:2] == [1.0, 0.0]
 
 
 def test_batching_does_not_change_scores():
