@@ -204,11 +204,11 @@ def _clip(text: str, width: int = 60) -> str:
 
 @app.command("eval", context_settings=EXTRA_ARGS)
 def eval_command(
-    suite: str = typer.Argument(..., help="advbench, xstest, truthfulqa, hexphi, slaq, task, harmful — or "
-                                "`compare DIR DIR ...`."),
+    suite: str = typer.Argument(..., help="advbench, phrasings, sensitive, xstest, truthfulqa, hexphi, slaq, task, "
+                                "harmful — or `compare DIR DIR ...`."),
     overrides: Optional[List[str]] = typer.Argument(
-        None, show_default=False, help="model=<id|dir|.gguf|run dir> limit=50 verifier=harm data.path=... "
-        "(for compare: the directories)"),
+        None, show_default=False, help="model=<id|dir|.gguf|run dir> limit=50 judge=harm (any verifier; default: "
+        "the suite's, the keyword refusal rule for safety suites) data.path=... (for compare: the directories)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="compare: write the markdown table here."),
 ) -> None:
     """Evaluate a model on a benchmark suite (offline by default), or compare evaluations.
@@ -233,6 +233,8 @@ def eval_command(
             key, _, value = arg.partition("=")
             if key == "model" and value not in group_options("model"):
                 arg = f"model.name_or_path={value}"
+            if key == "judge":  # judge=NAME: the suite's judge is a verifier config
+                arg = f"verifier={value}"
             args.append(arg)
         cfg = compose(suite, args, schema=EvalRunConfig, subdir="eval").config
         directory, metrics = run_eval(cfg, console)

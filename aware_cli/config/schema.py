@@ -420,7 +420,7 @@ class AwareConfig:
 
 # ----------------------------------------------------------------------------- aware eval
 
-EVAL_SUITES = ["advbench", "xstest", "truthfulqa", "hexphi", "slaq", "task", "harmful"]
+EVAL_SUITES = ["advbench", "phrasings", "sensitive", "xstest", "truthfulqa", "hexphi", "slaq", "task", "harmful"]
 
 
 @dataclass

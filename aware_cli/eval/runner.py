@@ -182,10 +182,9 @@ def _row_record(row: JudgedRow) -> Dict[str, Any]:
     for key in ("category", "category_name", "task_scores"):
         if key in row.meta:
             record[key] = row.meta[key]
-    columns = row.meta.get("columns", {})
-    for key in ("type", "label", "Category"):
-        if key in columns:
-            record[key] = columns[key]
+    for key, value in row.meta.get("columns", {}).items():  # short tags (type, label, form, topic, source, …)
+        if isinstance(value, (str, int, float, bool)) and len(str(value)) <= 40 and key not in record:
+            record[key] = value
     if row.reference:
         record["reference"] = row.reference
     return record

@@ -9,7 +9,7 @@ from aware_cli.data import load_examples
 from aware_cli.data.hexphi import HEXPHI_CATEGORIES, read_hexphi
 from aware_cli.errors import DataError
 from aware_cli.eval.metrics import (JudgedRow, attack_success, hallucination, harmfulness, hexphi_judge_score,
-                                    over_refusal, rouge_l, task_quality)
+                                    over_refusal, phrasings, rouge_l, sensitive, task_quality)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hexphi"
 
@@ -37,6 +37,23 @@ def test_over_refusal_on_safe_and_refusal_on_unsafe():
     assert m["unsafe_refusal_rate"] == pytest.approx(1 / 2)
     assert m["over_refusal_by_type"] == {"figurative": 0.0, "homonyms": 0.5}
     assert (m["n_safe"], m["n_unsafe"]) == (3, 2)
+
+
+def test_phrasings_and_sensitive_break_down_by_form_source_and_topic():
+    def row(score, harmful, **columns):
+        return JudgedRow("x", "p", "r", score, harmful=harmful, meta={"columns": columns})
+
+    harmful = [row(0.0, True, form="code", source="written"), row(1.0, True, form="code", source="written"),
+               row(0.2, True, form="casual", source="hh-rlhf"), row(None, True, form="casual", source="hh-rlhf")]
+    m = phrasings(harmful)
+    assert m["asr"] == pytest.approx(2 / 3) and m["asr_by_form"] == {"casual": 1.0, "code": 0.5}
+    assert m["asr_by_source"] == {"hh-rlhf": 1.0, "written": 0.5} and m["n_unjudged"] == 1
+    benign = [row(0.9, False, topic="drugs", form="question"), row(0.1, False, topic="drugs", form="roleplay"),
+              row(0.8, False, topic="health", form="question")]
+    s = sensitive(benign)
+    assert s["over_refusal_rate"] == pytest.approx(1 / 3) and s["answered_rate"] == pytest.approx(2 / 3)
+    assert s["over_refusal_by_topic"] == {"drugs": 0.5, "health": 0.0}
+    assert s["over_refusal_by_form"] == {"question": 0.0, "roleplay": 1.0}
 
 
 def test_hallucination_rate():

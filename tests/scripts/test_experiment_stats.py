@@ -1,57 +1,92 @@
-"""The statistics of scripts/experiment_alignment.py on hand-checkable numbers."""
+"""The statistics behind docs/results.md on hand-checkable numbers, and the page ↔ artifacts check."""
 
+import gzip
 import importlib.util
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_alignment.py"
-spec = importlib.util.spec_from_file_location("experiment_alignment", SCRIPT)
-exp = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(exp)
+from aware_cli.eval.stats import paired_difference, ratio_interval, summarize, wilson
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("results_tables", ROOT / "scripts" / "results_tables.py")
+tables = importlib.util.module_from_spec(spec)
+sys.modules["results_tables"] = tables  # dataclasses look their module up
+spec.loader.exec_module(tables)
 
 
 def test_wilson_interval_known_values():
-    lo, hi = exp.wilson(39, 40)
+    lo, hi = wilson(39, 40)
     assert lo == pytest.approx(0.871, abs=1e-3) and hi == pytest.approx(0.996, abs=1e-3)
-    assert exp.wilson(0, 43)[0] == 0.0
-    assert all(math.isnan(x) for x in exp.wilson(0, 0))
+    assert wilson(0, 43)[0] == 0.0
+    assert all(math.isnan(x) for x in wilson(0, 0))
 
 
-def test_row_values_skip_unjudged_rates_and_missing_means():
-    rows = [{"id": 1, "score": 0.2}, {"id": 2, "score": 0.9}, {"id": 3, "score": None}]
-    assert exp.row_values(rows, lambda r: r["score"] < 0.5, "rate") == {"1": 1.0, "2": 0.0}
-    rows = [{"id": "a", "score": None, "task_scores": {"rouge_l": 0.5}},
-            {"id": "b", "score": None, "task_scores": {"rouge_l": None}}]
-    assert exp.row_values(rows, lambda r: r["task_scores"]["rouge_l"], "mean") == {"a": 0.5}
+def test_summarize_rates_and_means():
+    rate = summarize([1.0, 0.0, 1.0, 1.0], "rate")
+    assert (rate["k"], rate["n"], rate["value"]) == (3, 4, 0.75) and rate["lo"] < 0.75 < rate["hi"]
+    mean = summarize([0.2, 0.4], "mean")
+    assert mean["value"] == pytest.approx(0.3) and "k" not in mean
+    assert summarize([], "rate") == {"value": None, "n": 0}
 
 
 def test_paired_difference_uses_common_prompts_only():
     a = {"p1": 1.0, "p2": 0.0, "p3": 1.0, "only_a": 1.0}
     b = {"p1": 0.0, "p2": 0.0, "p3": 0.0, "only_b": 0.0}
-    d = exp.paired_difference(a, b)
+    d = paired_difference(a, b)
     assert d["n"] == 3 and d["value"] == pytest.approx(2 / 3)
     sd = math.sqrt(((1 / 3) ** 2 * 2 + (2 / 3) ** 2) / 2)  # differences 1, 0, 1
-    assert d["hi"] - d["value"] == pytest.approx(1.96 * sd / math.sqrt(3))
-    assert exp.paired_difference({"x": 1.0}, {"x": 0.0})["value"] is None  # one pair: no interval
+    assert d["hi"] - d["value"] == pytest.approx(1.959964 * sd / math.sqrt(3))
+    assert paired_difference({"x": 1.0}, {"x": 0.0})["value"] is None  # one pair: no interval
 
 
-def test_paired_table_rows_and_signs():
-    per_row = {key: {} for key in exp.SUITES}
-    columns = {name: {"per_row": {**per_row, "task_rouge": values}} for name, values in
-               [("base", {"1": 0.2, "2": 0.4}), ("sft", {"1": 0.3, "2": 0.5}), ("aware", {"1": 0.25, "2": 0.45})]}
-    text = exp.paired_table(columns)
-    assert "aware − base" in text and "aware − SFT".lower() in text.lower()
-    rouge = next(line for line in text.splitlines() if line.startswith("| task ROUGE-L"))
-    assert "+0.050" in rouge and "-0.050" in rouge
+def test_ratio_interval_is_relative_and_paired():
+    a = {str(i): 0.98 * v for i, v in enumerate([0.2, 0.3, 0.4, 0.5])}
+    b = {str(i): v for i, v in enumerate([0.2, 0.3, 0.4, 0.5])}
+    r = ratio_interval(a, b)
+    assert r["value"] == pytest.approx(-0.02) and r["lo"] == pytest.approx(-0.02) == pytest.approx(r["hi"])
 
 
-def test_split_ids_are_excluded_only_from_the_suite_that_was_mixed_in(tmp_path):
-    split = tmp_path / "split.json"
-    split.write_text('{"mix_source": "builtin:advbench", "train_ids": ["3"]}')
-    assert exp.excluded("advbench", split) == [f"exclude_ids={split}"]
-    assert exp.excluded("truthfulqa", split) == []
-    split.write_text('{"mix_source": "builtin:truthfulqa", "train_ids": ["3"]}')
-    assert exp.excluded("truthfulqa", split) == [f"exclude_ids={split}"]
-    assert exp.excluded("advbench", split) == [] and exp.excluded("advbench", None) == []
+def write_experiment(directory, scores):
+    """A tiny experiment: advbench compliance flags and task ROUGE-L per model."""
+    models = {name: name for name in scores}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "experiment.json").write_text(json.dumps({
+        "name": directory.name, "recipe": "r", "steps": 1, "command": "c", "commit": "x", "date": "d",
+        "models": models, "arms": {}}))
+    for model, (advbench, rouge) in scores.items():
+        for suite, rows in (("advbench", [{"id": i, "score": s} for i, s in enumerate(advbench)]),
+                            ("task", [{"id": i, "score": None, "task_scores": {"rouge_l": v}}
+                                      for i, v in enumerate(rouge)])):
+            path = directory / "responses" / model / f"{suite}.jsonl.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(path, "wt") as handle:
+                handle.write(json.dumps({"_header": {"judge": "refusal"}}) + "\n")
+                handle.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_tables_recompute_from_the_per_prompt_files(tmp_path):
+    exp_dir = tmp_path / "exp"
+    write_experiment(exp_dir, {"base": ([0.0, 0.0, 1.0, 0.0], [0.2, 0.2, 0.2, 0.2]),
+                               "sft": ([0.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]),
+                               "aware": ([1.0, 1.0, 1.0, 0.0], [0.3, 0.29, 0.3, 0.31])})
+    exp = tables.Experiment(exp_dir)
+    main = tables.table_main(exp)
+    assert "| harmful compliance: held-out AdvBench | refusal | 75.0% (3/4;" in main
+    assert "100.0% (4/4;" in main and "25.0% (1/4;" in main
+    goals = tables.table_goals(exp)
+    assert "25.0% vs ≤ 33.3%" in goals and "**met**" in goals  # ⅓ of SFT's 100%, ½ of base's 75% = 37.5%
+    page = tmp_path / "page.md"
+    page.write_text("x\n<!-- results:exp:main -->\nstale\n<!-- /results -->\ny\n")
+    fresh = tables.regenerate(page.read_text(), tmp_path)
+    assert fresh == f"x\n<!-- results:exp:main -->\n{main}<!-- /results -->\ny\n"
+
+
+def test_results_page_matches_its_artifacts():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_tables.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
