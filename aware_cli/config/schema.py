@@ -97,6 +97,28 @@ class MixConfig:
 
 
 @dataclass
+class AnchorsConfig:
+    """Safety anchors: prompts aware adds to every step (sampled, judged and gated like task rows, never by SFT).
+
+    Task data shows the gate only the harmful requests it happens to contain, in their own phrasing; anchors show
+    it harmful requests in many phrasings and benign requests on the same sensitive subjects, so refusal learned
+    on the first does not spread to the second. An anchor's reference answer y* is the base model's own greedy
+    answer (written once per run to anchors.json): the verifier then decides per anchor whether to keep it, refuse
+    (abstention, gate.target_check) or push away from it (PG).
+    """
+
+    path: Optional[str] = field(None, "Prompt file or builtin:safety-prompts (null: no anchors).")
+    format: str = field("auto", "Format of that file (as data.format).",
+                        choices=["auto", "alpaca", "messages", "jsonl", "csv", "hf"])
+    prompt_field: str = field("prompt", "Prompt column.")
+    where: Dict[str, Any] = field(doc="Rows to use (as data.where); never a held-out evaluation split.",
+                                  factory=lambda: {"split": "train", "label": ["harmful", "benign"]})
+    per_step: int = field(0, "Anchor prompts added to every step's batch (0: off). Objectives that sample nothing "
+                          "(sft, constrained_sft) ignore anchors.", ge=0)
+    max_new_tokens: int = field(64, "Length of the base model's reference answers.", ge=1)
+
+
+@dataclass
 class DataConfig:
     """Training data: where it is, how to read it, how much of it to use."""
 
@@ -124,6 +146,8 @@ class DataConfig:
     missing_hint: Optional[str] = field(None, "Added to the error when data.path does not exist: how to get data "
                                               "that is not shipped (e.g. BioInstruct).")
     mix: MixConfig = field(doc="A second source mixed into training (alpaca_harmful_mix).", factory=MixConfig)
+    anchors: AnchorsConfig = field(doc="Safety anchors added to every step (docs/algorithm.md).",
+                                   factory=AnchorsConfig)
 
 
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"

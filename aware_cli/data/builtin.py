@@ -61,6 +61,11 @@ DATASETS: Dict[str, BuiltinDataset] = {d.name: d for d in [
                    "MIT (c) 2022 Anthropic (Bai et al. 2022)",
                    "anthropics/hh-rlhf harmless-base/test.jsonl.gz",
                    "human red-team requests and harmlessness preferences (verifier training, eval suites)"),
+    BuiltinDataset("safety-prompts", "safety-prompts/prompts.jsonl", 3311,
+                   "Apache-2.0 (written for aware); HH-RLHF openers MIT (c) 2022 Anthropic",
+                   "written for aware + labelled HH-RLHF openers (scripts/build_safety_prompts.py)",
+                   "harmful and benign-sensitive requests by subject and phrasing, train/heldout split "
+                   "(eval phrasings / sensitive, harm verifier, safety anchors)"),
 ]}
 
 

@@ -45,6 +45,7 @@ class Policy:
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
     precision: str = "fp32"  # trainer.precision, resolved: fp32 | bf16 | mixed (bf16 autocast)
+    anchors_per_step: int = 0  # data.anchors.per_step when anchors are in use
     state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -203,8 +204,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
 
 
 def cfg_batch(policy: Policy) -> int:
-    """The global batch size B: loss weights are normalised by it on every rank."""
-    return policy.cfg.trainer.batch_size
+    """The global batch size B (task rows + anchors): loss weights are normalised by it on every rank."""
+    return policy.cfg.trainer.batch_size + policy.anchors_per_step
 
 
 def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -20,13 +20,14 @@ from aware_cli.config import Composed
 from aware_cli.config.schema import AwareConfig
 from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
+from aware_cli.data.anchors import anchors_for_step, load_anchors, used_anchors
 from aware_cli.data.mix import load_training_data
 from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
                               trainable_parameters, training_precision, weights_dtype)
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
-from aware_cli.pipeline.preference import offline_training_data
+from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
 from aware_cli.pipeline import distributed
 from aware_cli.pipeline import fsdp
 from aware_cli.pipeline.step import Policy, summarize, train_step
@@ -130,6 +131,8 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     examples = train_set + eval_set
     if main:
         rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
+    samples = cfg.objective.name not in NO_SAMPLING and not offline
+    anchors = load_anchors(cfg.data.anchors, cfg.data, base_dir) if samples else []
     mixed = len(data.split.get("train_ids", []))
     console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
                   if offline else
@@ -149,6 +152,9 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         # sample at the update's compute precision from a cached bf16 copy (fsdp2: under autocast instead)
         cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
     check_context(cfg, model)
+    if anchors:  # their reference answers: the base model's, before any trained weights are loaded
+        anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
+        examples = examples + anchors
     prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
     rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
     if truncated.prompts or truncated.responses:
@@ -178,7 +184,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
                     target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
                     dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
-                    precision=precision)
+                    precision=precision, anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
 
     start = 0
     for warning in warnings:
@@ -220,8 +226,11 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             _progress(console) as progress, StopSignals() as stop:
         task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
         for step in range(start, cfg.trainer.max_steps):
-            batch = [train_set[i] for i in distributed.shard(
-                batch_for_step(step, len(train_set), cfg.trainer.batch_size, cfg.trainer.seed), ranks)]
+            rows = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size, cfg.trainer.seed)]
+            if anchors:
+                rows += [anchors[i] for i in anchors_for_step(step, len(anchors), policy.anchors_per_step,
+                                                              cfg.trainer.seed)]
+            batch = distributed.shard(rows, ranks)
             records, scalars = train_step(policy, batch, step)
             records = [r for part in distributed.gather(records, ranks) for r in part]
             metrics = summarize(records, distributed.gather(scalars, ranks))
@@ -255,6 +264,37 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         final_dir = rundir.write_dir_atomic(run_dir / "final", lambda p: save_weights(p, weights))
         console.print(f"final weights: {final_dir} (checkpoint {final.name})")
     distributed.barrier(ranks)
+
+
+def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], run_dir: Path,
+                   ranks: distributed.Ranks, console: Console) -> List[Example]:
+    """The anchors this run uses, each with the base model's greedy answer as its reference (anchors.json).
+
+    Greedy decoding of the untrained model is deterministic, so a resumed run reads back what it wrote; rank 0
+    answers and broadcasts.
+    """
+    path = run_dir / "anchors.json"
+    used = [anchors[i] for i in used_anchors(len(anchors), cfg.data.anchors.per_step, cfg.trainer.max_steps,
+                                              cfg.trainer.seed)]
+    answers = json.loads(path.read_text()) if path.is_file() else {}
+    if ranks.is_main and any(ex.id not in answers for ex in used):
+        from aware_cli.pipeline.sample import generate
+
+        todo = [ex for ex in used if ex.id not in answers]
+        device = next(model.parameters()).device
+        for start in range(0, len(todo), 16):
+            part = todo[start:start + 16]
+            ids = [build_prompt_ids(tokenizer, ex.prompt, chat_template=cfg.model.chat_template,
+                                    system_prompt=cfg.model.system_prompt, max_tokens=cfg.data.max_prompt_tokens)[0]
+                   for ex in part]
+            out = generate(model, tokenizer, ids, num_return=1, max_new_tokens=cfg.data.anchors.max_new_tokens,
+                           do_sample=False, device=device, dtype=cfg.sampling.dtype)
+            answers.update({ex.id: texts[0] for ex, texts in zip(part, out.texts)})
+        rundir.write_atomic(path, json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
+        console.print(f"anchors: {len(used)} of {len(anchors)} from {cfg.data.anchors.path}, "
+                      f"{cfg.data.anchors.per_step} per step; base answers in {path}")
+    answers = distributed.broadcast(answers, ranks)
+    return [dataclasses.replace(ex, response=answers[ex.id]) for ex in used]
 
 
 class RunInterrupted(AwareError):
