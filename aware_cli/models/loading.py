@@ -73,6 +73,7 @@ def load_model(cfg: ModelConfig, *, device: Optional[torch.device] = None, dtype
     dtype = resolve_dtype(cfg.dtype, device) if dtype is None else dtype
     model, tokenizer = _load_base(cfg, dtype)
     _set_generation_ids(model, tokenizer)
+    contiguous_head_input(model)
     model.to(device=device, dtype=dtype)
     if not for_training:
         model.eval().requires_grad_(False)
@@ -85,6 +86,26 @@ def load_model(cfg: ModelConfig, *, device: Optional[torch.device] = None, dtype
         model = _apply_lora(model, cfg)
     model.train()
     return model, tokenizer
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Hand the LM head a contiguous input.
+
+    `logits_to_keep` slices the last positions out of the hidden states as a strided view; for a
+    non-contiguous 3-D input torch.matmul copies the head's weight once per sequence into a batched product
+    ([rows, hidden, vocabulary]: ~1.8 GB at 16 sequences and 49k tokens) instead of one matrix product. A
+    contiguous copy of the few kept positions is cheap: measured 22% less CPU time in a 16-sequence update.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Module) and not getattr(head, "_aware_contiguous", False):
+        head.register_forward_pre_hook(_contiguous_first_input)
+        head._aware_contiguous = True
+
+
+def _contiguous_first_input(module, args):
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def trainable_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:

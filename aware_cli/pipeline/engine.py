@@ -50,11 +50,6 @@ def sampling_weights(model, dtype: str = "model", merge_lora: bool = True) -> It
               and id(p) not in merged_params and id(p) not in adapter_params]
     swapped = [(layer.base_layer.weight, layer.base_layer.weight.data) for layer in layers]
     swapped += [(p, p.data) for p in params]
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    # the prefill's last position arrives as a strided [rows, 1, hidden] view, for which torch.matmul copies
-    # the LM head weight once per row into a batched product (~1 GB at 8 prompts and 49k tokens): make it
-    # contiguous first
-    hook = head.register_forward_pre_hook(_contiguous_input) if isinstance(head, torch.nn.Module) else None
     try:
         for layer in layers:
             layer.base_layer.weight.data = _merged_copy(layer, target)
@@ -70,12 +65,6 @@ def sampling_weights(model, dtype: str = "model", merge_lora: bool = True) -> It
     finally:
         for p, original in swapped:
             p.data = original
-        if hook is not None:
-            hook.remove()
-
-
-def _contiguous_input(module, args):
-    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
 
 
 def _mergeable_lora_layers(model) -> list:

@@ -202,3 +202,17 @@ def test_embedded_model_generates_after_the_chat_template():
     output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     reply = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert reply.strip()
+
+
+def test_lm_head_gets_a_contiguous_input_with_unchanged_logits():
+    from aware_cli.config import compose
+    from aware_cli.models import load_model
+
+    model, _ = load_model(compose("smoke").config.model, for_training=False)
+    head = model.get_output_embeddings()
+    assert head._aware_contiguous
+    hidden = torch.randn(3, 7, head.in_features)
+    strided = hidden[:, -2:, :]  # what logits_to_keep hands the head
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        assert torch.allclose(head(strided), torch.nn.functional.linear(strided.contiguous(), head.weight), atol=1e-6)
