@@ -50,10 +50,19 @@ def load_trainable_state(model, ckpt_dir: Path) -> None:
 
 
 def base_model_path(cfg: ModelConfig) -> Optional[str]:
-    """The base model an adapter trained from `cfg` should point to (None for `tiny`: built in code)."""
+    """The base model an adapter trained from `cfg` should point to (None for `tiny`: built in code).
+
+    A run continued from another run points to that run (merged on load); with `model.from_run=adapter`
+    it points to the parent adapter's own base, since the adapter it trains applies to that base.
+    """
+    from .lineage import base_config, continues_adapter
+
     name = cfg.name_or_path
     if name == TINY:
         return None
+    parent = continues_adapter(cfg) if cfg.finetune == "lora" else None
+    if parent is not None:
+        return base_model_path(base_config(parent, cfg))
     if name.startswith(EMBEDDED_PREFIX):
         return str(embedded_model_dir(name[len(EMBEDDED_PREFIX):]))
     path = Path(name).expanduser()
