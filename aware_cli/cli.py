@@ -279,7 +279,8 @@ def export_command(
         weights = [f for f in result.files if f.endswith(".safetensors") and not f.startswith("base/")]
         what = "PEFT adapter" if result.kind == "adapter" else f"merged {dtype} weights"
         console.print(f"exported {result.source.label} → {result.out}: {what} ({len(weights)} safetensors "
-                      f"file{'s' if len(weights) != 1 else ''}), tokenizer, generation config, README.md",
+                      f"file{'s' if len(weights) != 1 else ''}), tokenizer, "
+                      f"{'' if result.kind == 'adapter' else 'generation config, '}README.md",
                       highlight=False, soft_wrap=True)
         if result.kind == "adapter":
             console.print(f"adapter base_model_name_or_path: {result.hub_base}"
