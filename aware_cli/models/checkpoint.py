@@ -8,6 +8,7 @@ Checkpoints are ordinary Hugging Face / PEFT directories, so they load without `
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -85,7 +86,9 @@ def _save_adapter(model, out_dir: Path, base: Optional[str], state_dict=None) ->
         for config in configs:
             config.base_model_name_or_path = base
     try:
-        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+        with warnings.catch_warnings():  # peft looks for the base's config.json: a run dir, tiny or offline hub id
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     finally:  # the live model keeps what peft recorded
         for config, original in zip(configs, recorded):
             config.base_model_name_or_path = original

@@ -31,9 +31,8 @@ MLFLOW_PARAM_LIMIT = 500  # characters of one param value MLflow accepts everywh
 
 
 def scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
-    """The finite numbers of a metrics.jsonl record, without `step`."""
-    return {k: float(v) for k, v in metrics.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    """The finite numbers of a metrics.jsonl record (flags such as `skipped` as 0/1), without `step`."""
+    return {k: float(v) for k, v in metrics.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 def flatten(config: Any, prefix: str = "") -> Dict[str, str]:
