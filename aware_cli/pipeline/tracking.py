@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from aware_cli.errors import AwareError
 from aware_cli.extras import require
 
 TRACKERS_JSON = "trackers.json"
@@ -243,9 +244,13 @@ def open_trackers(names: List[str], run_dir: Path, *, project: str, start_step: 
                 same_store = saved.get("mlflow_tracking_uri") in (None, _mlflow_uri(run_dir))
                 trackers.append(MlflowTracker(run_dir, config, project=project, run_name=run_name,
                                               run_id=saved.get("mlflow") if same_store else None))
-    except BaseException:
+    except AwareError:
         Trackers(trackers).close("failed")
         raise
+    except Exception as e:  # a tracker that cannot start (no network, bad URI, ...): one line naming it
+        Trackers(trackers).close("failed")
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise AwareError(f"trainer.report_to: {name} could not start: {type(e).__name__}: {first}") from e
     ids = {k: v for t in trackers for k, v in t.ids().items()}
     if ids:
         write_atomic(saved_path, json.dumps(ids, indent=1) + "\n")

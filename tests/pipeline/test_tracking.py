@@ -234,3 +234,12 @@ def test_missing_extra_names_it(name, module, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(MissingExtra, match=r"pip install 'aware-cli\[tracking\]'"):
         open_trackers([name], _run_dir(tmp_path), project="aware")
+
+
+def test_a_tracker_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="needs the tracking extra: pip install 'aware-cli[tracking]'")
+    from aware_cli.errors import AwareError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    with pytest.raises(AwareError, match=r"^trainer.report_to: mlflow could not start: "):
+        open_trackers(["tensorboard", "mlflow"], _run_dir(tmp_path), project="aware")
