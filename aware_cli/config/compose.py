@@ -146,9 +146,14 @@ def _absolute_parent_run(config: AwareConfig) -> None:
     names its parent wherever it is read from."""
     from pathlib import Path
 
+    from aware_cli.errors import ModelError
     from aware_cli.models.lineage import find_trained
 
-    if find_trained(config.model.name_or_path) is not None:
+    try:
+        trained = find_trained(config.model.name_or_path)
+    except ModelError:  # e.g. a run without final/: loading the model says so
+        return
+    if trained is not None:
         config.model.name_or_path = str(Path(config.model.name_or_path).expanduser().resolve())
 
 

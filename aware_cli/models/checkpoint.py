@@ -8,7 +8,6 @@ Checkpoints are ordinary Hugging Face / PEFT directories, so they load without `
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -86,9 +85,9 @@ def _save_adapter(model, out_dir: Path, base: Optional[str], state_dict=None) ->
         for config in configs:
             config.base_model_name_or_path = base
     try:
-        with warnings.catch_warnings():  # peft looks for the base's config.json: a run dir, tiny or offline hub id
-            warnings.filterwarnings("ignore", message="Could not find a config file")
-            model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+        # save_embedding_layers=False: aware never resizes the vocabulary, so peft need not fetch the base's
+        # config.json (from the hub, or from a run directory that has none) to compare vocabulary sizes
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
     finally:  # the live model keeps what peft recorded
         for config, original in zip(configs, recorded):
             config.base_model_name_or_path = original

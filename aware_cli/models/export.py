@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -223,20 +222,14 @@ def _write_adapter(source: TrainedSource, tmp: Path, out: Path, dtype: str, resu
         model = model.to(HUB_DTYPES[dtype])
     configs = list(model.peft_config.values())
     originals = [(c.base_model_name_or_path, c.revision) for c in configs]
-    for config in configs:  # while saving, a path peft can look at (it checks the base's vocabulary size)
-        config.base_model_name_or_path = str(tmp / BASE_DIR) if result.wrote_base else recorded
+    for config in configs:
+        config.base_model_name_or_path = recorded
         config.revision = base_cfg.revision if hub is not None else None
-    try:
-        with warnings.catch_warnings():  # offline, peft cannot read the hub base's config: expected
-            warnings.filterwarnings("ignore", message="Could not find a config file")
-            model.save_pretrained(tmp, safe_serialization=True)
+    try:  # no embedding-layer copy: aware never resizes the vocabulary (and peft would look the base up online)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
     finally:
         for config, (name, revision) in zip(configs, originals):
             config.base_model_name_or_path, config.revision = name, revision
-    adapter_json = tmp / "adapter_config.json"
-    written = json.loads(adapter_json.read_text())
-    written["base_model_name_or_path"] = recorded  # where the base will be once OUT is in place
-    adapter_json.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(tmp)
     del model
     # read back: the written base when there is one, else the same local copy of the hub model (offline)

@@ -150,7 +150,6 @@ def test_adapter_only_ships_a_base_the_tiny_model_has_no_hub_id(lora_run, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Could not find a config file")  # the made-up cache path below
 def test_adapter_only_of_the_embedded_model_names_its_hub_id(tmp_path):
     """A run on embedded:smollm2-135m-instruct: the adapter's base is HuggingFaceTB/SmolLM2-135M-Instruct."""
     import yaml
