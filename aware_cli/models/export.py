@@ -119,6 +119,7 @@ def export(path: Path, out: Path, *, adapter_only: bool = False, dtype: str = "f
                 raise ExportCheckFailed(f"export check failed: max |logit difference| between {source.label} and "
                                         f"the export is {result.max_logit_diff:.3g} > {TOLERANCE:g}; nothing written")
             _write_card(source, tmp, result)
+            _shareable(tmp)
             result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -127,6 +128,14 @@ def export(path: Path, out: Path, *, adapter_only: bool = False, dtype: str = "f
     out.parent.mkdir(parents=True, exist_ok=True)
     write_dir_atomic(out, write)
     return result
+
+
+def _shareable(root: Path) -> None:
+    """Ordinary permissions (umask applied): transformers writes weight files private (0600) via a temp file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 # ----------------------------------------------------------------------------- loading the run's model

@@ -1,6 +1,7 @@
 """`aware export`: merged weights plain transformers loads, the self-check, the model card, adapter-only, the hub."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,6 +57,9 @@ def test_export_of_a_run_loads_with_plain_transformers(lora_run, merged):
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "README.md"} <= names
     assert not any(name.startswith("adapter_") for name in names)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not transformers' private 0600
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not [n for n, _ in model.named_parameters() if "lora" in n]
     # independent of the printed number: the export reproduces aware's own PeftModel of the run
