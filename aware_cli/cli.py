@@ -248,9 +248,9 @@ def eval_command(
 
 @app.command("export")
 def export_command(
-    source: Path = typer.Argument(..., help="A run directory (its final/), a checkpoint (RUN/checkpoints/step-N or "
+    source: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A run directory (its final/), a checkpoint (RUN/checkpoints/step-N or "
                                   "RUN/checkpoints/best) or an adapter directory."),
-    out: Path = typer.Argument(..., help="Output directory (written whole or not at all)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output directory (written whole or not at all)."),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a portable PEFT adapter instead of merged "
                                       "weights (its base: the hub id, or the base weights in OUT/base)."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO", help="Upload OUT to this hub "
