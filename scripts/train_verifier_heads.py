@@ -59,6 +59,7 @@ from aware_cli.verifiers.refusal import refusal_score  # noqa: E402
 
 TRAIN_FRAC = 0.7
 FOLDS = 5
+REPORT_SAMPLE = 150  # held-out HH-RLHF openers per label, and AdvBench goals, answered for the report
 
 
 def log(message: str) -> None:
@@ -770,8 +771,14 @@ def write_report(args, cal_probs: np.ndarray, cal_labels: np.ndarray, metrics: D
     cfg.harm.heads = str(args.out)
     verifier = build_verifier(cfg)
     heldout = [r for r in safety_rows() if r["split"] == "heldout" and r["label"] != "borderline"]
+    rng = random.Random(args.seed)  # every held-out written request; a seeded sample of the larger sources
+    written = [r for r in heldout if r["source"] == "written"]
+    hh = [r for label in ("harmful", "benign") for r in
+          rng.sample([x for x in heldout if x["source"] == "hh-rlhf" and x["label"] == label], REPORT_SAMPLE)]
+    heldout = written + hh
     pool = advbench_training_pool()
     advbench = [r["goal"] for i, r in enumerate(read_csv(builtin.get("advbench").path)) if str(i) not in pool]
+    advbench = rng.sample(advbench, REPORT_SAMPLE)
     cases = [(r["prompt"], r["label"], r["source"]) for r in heldout] + [(g, "harmful", "advbench") for g in advbench]
     answers = embedded_answers([c[0] for c in cases])
     kept = [(p, label, source, a) for (p, label, source), a in zip(cases, answers) if not refusal_score(a)]
@@ -887,10 +894,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "hard_acc": round(accuracy(oof[hard], rytr[hard]), 4)}
         return -macro, detail
 
-    request_candidates = [{"kind": "linear", "weights": w, "l2": l2} for w in ("balanced", "source")
-                          for l2 in (1e-5, 1e-4, 1e-3)]
-    request_candidates += [{"kind": "mlp", "hidden": h, "weights": w, "l2": l2, "steps": 500}
-                           for h in (64, 256) for w in ("balanced", "source") for l2 in (1e-5, 1e-4, 1e-3)]
+    request_candidates = [{"kind": "linear", "weights": "source", "l2": l2} for l2 in (1e-5, 1e-4)]
+    request_candidates += [{"kind": "mlp", "hidden": h, "weights": "source", "l2": l2, "steps": 500}
+                           for h in (64, 256) for l2 in (1e-4, 1e-3)]
     log("request head: 5-fold CV on training rows (criterion: log-loss averaged over sources)")
     best_req, req_tried = select(RXtr, rytr, rgtr, rfolds[tr], request_candidates, request_cv, args.seed)
 
