@@ -3,6 +3,9 @@
 - a run directory (config.yaml + final/) → the run's base model + `final/` (adapter or full weights);
 - a checkpoint or any PEFT adapter directory (adapter_config.json) → its base + the adapter;
 - anything else → `load_model` as usual (HF id, model dir, .gguf, embedded:, tiny).
+
+The run's config.yaml supplies the base model's name, finetune and LoRA settings, never
+`trust_remote_code`: that comes from the evaluating command line only (`model.trust_remote_code=true`).
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ def _adapter_base(adapter_dir: Path) -> str:
 def resolve_trained(cfg: ModelConfig) -> Tuple[ModelConfig, Optional[Path], Optional[Path]]:
     """(config of the base model to load, adapter dir or None, run dir or None) for `cfg.name_or_path`."""
     path = Path(cfg.name_or_path).expanduser()
+    own = dict(device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)  # from this command
     if (path / "config.yaml").is_file() and (path / "final").is_dir():
         final = path / "final"
         base = run_model_config(path)
         if (final / "adapter_config.json").is_file():
-            return dataclasses.replace(base, device=cfg.device, dtype=cfg.dtype), final, path
-        return dataclasses.replace(base, name_or_path=str(final), gguf_file=None, device=cfg.device,
-                                   dtype=cfg.dtype), None, path
+            return dataclasses.replace(base, **own), final, path
+        return dataclasses.replace(base, name_or_path=str(final), gguf_file=None, **own), None, path
     if (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file():
         raise ModelError(f"model.name_or_path: run {path} has no final/ weights (did it finish? "
                          f"see {path / 'status.json'}); point at a checkpoint in {path / 'checkpoints'}")
@@ -52,7 +55,7 @@ def resolve_trained(cfg: ModelConfig) -> Tuple[ModelConfig, Optional[Path], Opti
         run = path.parent.parent if path.parent.name == "checkpoints" else None
         base = run_model_config(run) if run and (run / "config.yaml").is_file() else dataclasses.replace(
             cfg, name_or_path=_adapter_base(path), gguf_file=None)
-        return dataclasses.replace(base, device=cfg.device, dtype=cfg.dtype), path, run
+        return dataclasses.replace(base, **own), path, run
     return cfg, None, None
 
 
