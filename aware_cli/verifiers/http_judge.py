@@ -434,6 +434,7 @@ def _run_sync(make_coroutine):
 @register_verifier("http_judge")
 def build_http_judge(cfg: VerifierConfig) -> Verifier:
     require("httpx", "judge", "verifier=http_judge")
+    require("tenacity", "judge", "verifier=http_judge")
     higher = cfg.kwargs.get("higher_is_aligned")
     if higher is not None and not isinstance(higher, bool):
         raise ConfigError(f"verifier.kwargs.higher_is_aligned: expected true or false, got {higher!r}")
