@@ -15,13 +15,13 @@ import torch
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
 from aware_cli.pipeline import fsdp
-from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
+from aware_cli.pipeline.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, GroupGate, gate_group, update_dual
 from aware_cli.pipeline.sample import sample
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
 from aware_cli.pipeline.update import UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step
-from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
+from aware_cli.pipeline.verify import check_none_share, count_none, verifier_stats, verify
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Policy:
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
     state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
     timings: Dict[str, float] = field(default_factory=dict)
+    updates: int = 0  # optimizer steps taken (skipped ones included): the step whose weights the model holds
 
 
 def refusal_for(example_id: str, seed: int, count: int) -> int:
@@ -63,11 +64,19 @@ def written_refusals(policy: Policy, abstained: List[Example]) -> Dict[str, List
             for ex, text in zip(abstained, texts) if text}
 
 
+def batch_positions(local: int, ranks: Ranks) -> List[int]:
+    """Positions in the step's global batch of this rank's `local` inputs (`distributed.shard` takes every world-th)."""
+    return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
+
+
 def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """Run one optimizer step on `batch` (this rank's share of the step's prompts).
 
     Returns (this rank's per-input records for samples.jsonl, step-wide scalars); `summarize`
-    turns the records of every rank plus the scalars into the step's metrics.
+    turns the records of every rank plus the scalars into the step's metrics. The weights change
+    only in the optimizer step (`policy.updates` counts them): an exception before it leaves the
+    state of the previous step. Under torchrun every rank decides together (`agree`) after
+    stages 1-3 and before the gradients are reduced, so a failure on one rank stops them all.
     """
     cfg, k, B = policy.cfg, policy.cfg.k, cfg_batch(policy)
     local = len(batch)
@@ -76,38 +85,61 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     sampled = objective not in NO_SAMPLING and not offline
     prompts = [policy.prompt_ids[ex.id] for ex in batch]
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
+    # each prompt samples from its own seed, by its place in the global batch: the same draws on any rank
+    row_seeds = [seed * 65_537 + position for position in batch_positions(local, policy.ranks)]
     t0 = time.perf_counter()
     sharded = fsdp.is_sharded(policy.model)
-    if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
-        fsdp.unshard(policy.model)
-
-    # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
     sample_ids: List[List[List[int]]] = [[] for _ in batch]
     texts: List[List[str]] = [[] for _ in batch]
     generated = 0
-    if sampled:
-        micro = max(1, local // cfg.trainer.grad_accum)
-        for start in range(0, local, micro):
-            out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                         seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
-                         max_prompt_tokens=cfg.data.max_prompt_tokens)
-            sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
-            generated += out.num_tokens
-    t1 = time.perf_counter()
-
-    # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
     stats_before = verifier_stats(policy.verifier)
-    # online pairs: a reference target is "chosen" only if the verifier says it is aligned (scored in the same call)
-    score_targets = sampled and objective in PAIRWISE and cfg.objective.pair_reference
-    judged = [group + [ex.response] for group, ex in zip(texts, batch)] if score_targets else texts
-    scores: List[List[Optional[float]]] = verify(policy.verifier, batch, judged) if sampled else [[] for _ in batch]
-    target_scores = [group.pop() for group in scores] if score_targets else None
-    unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
-    t2 = time.perf_counter()
+    scores: List[List[Optional[float]]] = [[] for _ in batch]
+    target_scores = None
+    t1 = t2 = t0
+    error: Optional[BaseException] = None
+    try:
+        if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
+            fsdp.unshard(policy.model)
+
+        # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
+        if sampled:
+            micro = max(1, local // cfg.trainer.grad_accum)
+            for start in range(0, local, micro):
+                out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
+                             seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
+                             max_prompt_tokens=cfg.data.max_prompt_tokens, row_seeds=row_seeds[start:start + micro])
+                sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
+                generated += out.num_tokens
+        t1 = time.perf_counter()
+
+        # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None
+        # online pairs: a reference target is "chosen" only if the verifier says it is aligned (same call)
+        score_targets = sampled and objective in PAIRWISE and cfg.objective.pair_reference
+        judged = [group + [ex.response] for group, ex in zip(texts, batch)] if score_targets else texts
+        if sampled:
+            scores = verify(policy.verifier, batch, judged)
+        target_scores = [group.pop() for group in scores] if score_targets else None
+        t2 = time.perf_counter()
+    except Exception as e:  # noqa: BLE001 - every rank learns of it in `agree`
+        error = e
+    # every rank's counts: all ranks stop together when the step's share of None is too high
+    none, total = agree(error, policy.ranks, count_none(scores))
+    try:
+        check_none_share(none, total, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
+    except Exception as e:
+        raise on_every_rank(e)
+    unjudged = count_none(scores)[0]  # this rank's; `summarize` adds the ranks' counts
 
     # 3. gate: μ, σ → β, regime, advantages; abstained inputs train on a refusal
-    gates: List[GroupGate] = [gate_group(s, cfg.gate, policy.dual, objective) for s in scores]
-    written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.regime == ABSTAIN])
+    error = None
+    gates: List[GroupGate] = []
+    written: Dict[str, List[int]] = {}
+    try:
+        gates = [gate_group(s, cfg.gate, policy.dual, objective) for s in scores]
+        written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.regime == ABSTAIN])
+    except Exception as e:  # noqa: BLE001
+        error = e
+    agree(error, policy.ranks)
     sequences: List[WeightedSequence] = []
     sft_index: Dict[int, int] = {}
     for b, (ex, gate) in enumerate(zip(batch, gates)):
@@ -123,26 +155,34 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     t3 = time.perf_counter()
 
     # 4. update: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG], clipped AdamW step
-    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py)
+    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py; they are means over
+    #    the whole step's pairs or rows, so each rank's part adds up to the 1-process loss)
     torch.manual_seed(seed)  # dropout, if any
     extra: Dict[str, Any] = {}
-    if objective in PAIRWISE and offline:  # weighted by this rank's share of the B pairs (see pair_update)
-        pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id]) for b, ex in enumerate(batch)]
-        value, extra = pair_update(policy, pairs, step, scale=local / B)
-        forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
-    elif objective in PAIRWISE:
-        value, extra = pairwise_update(policy, prompts, sample_ids, scores,
-                                       [policy.target_ids[ex.id] for ex in batch], target_scores, step)
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-    elif objective == "constrained_sft":
-        value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
-                                              [ex.harmful for ex in batch])
-        result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-    else:
-        result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
-                                     pad_id=policy.tokenizer.pad_token_id, device=policy.device,
-                                     chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    error = None
+    result = UpdateResult(loss=0.0, loss_kl=0.0, logprobs={}, tokens=0)
+    try:
+        if objective in PAIRWISE and offline:
+            pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id])
+                     for b, ex in enumerate(batch)]
+            value, extra = pair_update(policy, pairs, step)
+            forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
+        elif objective in PAIRWISE:
+            value, extra = pairwise_update(policy, prompts, sample_ids, scores,
+                                           [policy.target_ids[ex.id] for ex in batch], target_scores, step)
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+        elif objective == "constrained_sft":
+            value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
+                                                  [ex.harmful for ex in batch])
+            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+        else:
+            result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
+                                         pad_id=policy.tokenizer.pad_token_id, device=policy.device,
+                                         chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    except Exception as e:  # noqa: BLE001
+        error = e
+    agree(error, policy.ranks)
     if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
         fsdp.reduce_gradients(policy.model, policy.device)
     else:
@@ -151,6 +191,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     lr = policy.scheduler.get_last_lr()[0]
     grad_norm, skipped = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm,
                                        loss)
+    policy.updates += 1
     if cfg.gate.mode == "lagrangian":
         judged_mu = [m for part in gather([g.mu for g in gates if g.mu is not None], policy.ranks) for m in part]
         policy.dual = update_dual(policy.dual, sum(judged_mu) / len(judged_mu) if judged_mu else None, cfg.gate)
