@@ -47,7 +47,14 @@ def setup_logging(level: str = "warning", console: Optional[Console] = None) -> 
 
 
 def route_libraries() -> None:
-    """Send the already-imported libraries' records through the root handler instead of their own."""
+    """Send the libraries' records through the root handler instead of their own.
+
+    transformers and huggingface_hub (always used) are imported here so that their handlers exist to
+    be removed; datasets is routed when it is already imported (it is quieted where aware uses it).
+    """
+    import huggingface_hub.utils.logging  # noqa: F401 - creates the library logger and its handler
+    import transformers.utils.logging  # noqa: F401
+
     for name in LIBRARIES:
         if name not in sys.modules:
             continue
