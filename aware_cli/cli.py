@@ -168,7 +168,7 @@ def validate(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDE
         recipe, rest = split_recipe(list(overrides or []))
         composed = compose(recipe, rest)
         console.print(yaml.safe_dump(composed.resolved, sort_keys=False, allow_unicode=True), highlight=False,
-                      markup=False)
+                      markup=False, soft_wrap=True)  # as written: a wrapped line would not be YAML
         err_console.print(f"[green]ok:[/] {composed.recipe_path}")
 
     _guard(body)
@@ -436,7 +436,7 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. alpaca.
     def body() -> None:
         from aware_cli.config import resolve_recipe
 
-        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False)
+        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False, soft_wrap=True)
 
     _guard(body)
 
@@ -490,7 +490,7 @@ def data_show(name: str = typer.Argument(..., help="Built-in data set, e.g. advb
         from aware_cli.data import builtin
 
         entry = builtin.get(name)
-        console.print(entry.source_md.read_text(), highlight=False, markup=False)
+        console.print(entry.source_md.read_text(), highlight=False, markup=False, soft_wrap=True)
         console.print(f"file: {entry.path}", highlight=False)
 
     _guard(body)
