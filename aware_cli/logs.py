@@ -41,7 +41,10 @@ def setup_logging(level: str = "warning", console: Optional[Console] = None) -> 
     root.addHandler(handler)
     root.setLevel(number)
     logging.getLogger("aware_cli").setLevel(number)
-    logging.captureWarnings(True)  # warnings.showwarning → the "py.warnings" logger → this handler
+    # warnings.showwarning → the "py.warnings" logger → this handler (off first: logging only captures when it
+    # thinks it is not capturing yet, and something may have put warnings.showwarning back since)
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     route_libraries()
     return handler
 

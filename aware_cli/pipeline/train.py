@@ -120,6 +120,8 @@ def run_training(composed: Composed, console: Optional[Console] = None, *, base_
             rundir.set_status(run_dir, "running")
         except Exception as e:  # noqa: BLE001 - reported on every rank by `agree`
             error = e
+            if lock is not None:
+                lock.release()
     distributed.agree(error, ranks)
     try:
         _train(cfg, run_dir, console, base_dir, ranks)
@@ -129,7 +131,7 @@ def run_training(composed: Composed, console: Optional[Console] = None, *, base_
         raise
     except BaseException as e:
         if ranks.is_main:
-            saved = rundir.list_checkpoints(run_dir)
+            saved = [p for p in rundir.list_checkpoints(run_dir) if (p / rundir.COMPLETE).is_file()]
             resume = resume_command(cfg, run_dir) if saved else None
             rundir.set_status(run_dir, "failed", error=_describe(e), checkpoint=str(saved[-1]) if saved else None,
                               resume=resume)

@@ -63,6 +63,24 @@ def test_two_processes_match_one_with_the_same_global_batch(one_process, tmp_pat
                for i in sa["state"] for key in sa["state"][i])
 
 
+def test_a_step_without_any_gradient_moves_no_weight_under_ddp_and_fsdp2(tmp_path):
+    """dpo: pairs in step 1 only. In one process steps 2-3 have no gradient, so AdamW leaves the weights; so must
+    2 ranks (ddp: no rank has a gradient, it stays None; fsdp2: its reduce makes zeros, which are dropped)."""
+    args = ["objective=dpo", "verifier=python", "verifier.target=tests/fixtures/verifiers.py:spread_then_constant",
+            "k=4", "objective.pair_reference=false"]
+    one = tmp_path / "one"
+    train(one, *args)
+    assert [m["objective/pairs"] for m in metrics(one)] == [metrics(one)[0]["objective/pairs"], 0, 0]
+    assert metrics(one)[0]["objective/pairs"] > 0
+    after_step_2 = load_file(str(one / "checkpoints" / "step-2" / "adapter_model.safetensors"))
+    assert all(torch.equal(after_step_2[k], adapter(one)[k]) for k in after_step_2)  # step 3 moved nothing
+    for parallel in ("ddp", "fsdp2"):
+        two = tmp_path / parallel
+        train(two, *args, "trainer.nproc=2", f"trainer.parallel={parallel}")
+        wa, wb = adapter(one), adapter(two)
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa), parallel
+
+
 def test_fsdp2_resumes_a_one_process_checkpoint(one_process, tmp_path):
     """Step 3 under fsdp2 from the 1-process step-2 checkpoint (weights and AdamW state sharded on load)."""
     run = tmp_path / "resumed"
