@@ -16,11 +16,12 @@ OBJECTIVES = ["aware", "sft", "pg", "grpo", "dpo", "gapo", "shapo", "constrained
 def objective_args(objective: str) -> list:
     """4 steps of 4 prompts (a quarter AdvBench, so constrained_sft's penalty and both gate regimes occur), a
     verifier whose scores spread (online pairs form), a checkpoint every step; aware with the Lagrangian gate
-    (its dual is state), shapo re-selecting its subspace every 3 steps (its mask is state)."""
+    (its dual is state), shapo selecting its subspace at step 0 only (saliency_every=4: a run resumed at step 2
+    or 3 must take the mask from the checkpoint)."""
     return ["recipe=smoke", "trainer.batch_size=4", "trainer.max_steps=4", "eval.every=0", "k=4",
             "verifier=python", "verifier.target=tests/fixtures/verifiers.py:by_prompt_parity",
             "data.mix.path=builtin:advbench", "data.mix.share=0.25", "trainer.save_every=1", "trainer.keep_last=0",
-            "objective.saliency_every=3", f"objective={objective}", *(["gate=lagrangian"] if objective == "aware" else [])]
+            "objective.saliency_every=4", f"objective={objective}", *(["gate=lagrangian"] if objective == "aware" else [])]
 
 
 def env() -> dict:
