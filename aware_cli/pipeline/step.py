@@ -184,7 +184,14 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         error = e
     agree(error, policy.ranks)
     if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
+        if objective in PAIRWISE:
+            any_gradient = extra.get("pairs", 0) > 0  # the step's pairs over every rank
+        else:
+            any_gradient = sum_value(float(result.backward), policy.ranks) > 0
         fsdp.reduce_gradients(policy.model, policy.device)
+        if not any_gradient:  # fsdp2's reduce made zeros; in one process there is no gradient, so AdamW
+            for p in policy.params:  # leaves the weights (and its state) alone: drop them
+                p.grad = None
     else:
         sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
     loss = sum_value(result.loss, policy.ranks)
