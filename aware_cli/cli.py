@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from aware_cli import __version__
@@ -47,23 +48,45 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    log_level: str = typer.Option("warning", "--log-level", help="Log messages shown: debug, info, warning or "
+                                  "error (aware's and the libraries', above the progress bar).",
+                                  case_sensitive=False),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """Alignment-aware fine-tuning (AWARE): learn a task while keeping the model safe and truthful."""
+    """Alignment-aware fine-tuning (AWARE): learn a task while keeping the model safe and truthful.
+
+    Exit codes: 0 done, 1 internal error (a bug; --debug shows the traceback), 2 bad input or a
+    stopped run (config, data, verifier; one line on stderr), 3 non-finite loss, 130 interrupted.
+    """
+    from aware_cli.logs import LEVELS, setup_logging
+
+    if log_level.lower() not in LEVELS:
+        raise typer.BadParameter(f"choose from {', '.join(LEVELS)}", param_hint="--log-level")
     _state["debug"] = debug
+    _state["log_level"] = log_level.lower()
+    setup_logging(log_level, console)
+
+
+def _speaks(error: BaseException) -> bool:
+    """Under torchrun an error every rank raised together is printed by rank 0 alone; others by their rank."""
+    from aware_cli.pipeline.distributed import is_on_every_rank
+
+    return os.environ.get("RANK", "0") == "0" or not is_on_every_rank(error)
 
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body: user errors become one line on stderr and exit code 2."""
+    """Run a command body: user errors become one line on stderr and exit code 2 (their `exit_code`)."""
     try:
         return fn()
     except AwareError as e:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        if _speaks(e):
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print("interrupted")
         raise typer.Exit(130)
 
 
@@ -98,14 +121,36 @@ def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_H
 
 
 def _relaunch_under_torchrun(nproc: int, args: List[str]) -> int:
-    """`aware train ... trainer.nproc=N` → `torchrun --nproc_per_node=N -m aware_cli train ...`."""
-    import subprocess
+    """`aware train ... trainer.nproc=N` → torchrun's launcher, run in this process; returns the exit code.
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "aware_cli", *(["--debug"] if _state["debug"] else []), "train", *args]
+    The launcher (`torch.distributed.run`, what `torchrun` runs) starts the N workers and forwards
+    SIGINT/SIGTERM to them (they finish the step, checkpoint and exit 130), so no worker outlives
+    this process. A failed worker's exit code (2 for bad input, ...) becomes this command's; the
+    worker printed its one-line message itself.
+    """
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    options = [*(["--debug"] if _state["debug"] else []), "--log-level", _state.get("log_level", "warning")]
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "aware_cli", *options,
+                                           "train", *args])
     console.print(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m aware_cli train "
                   + " ".join(args), highlight=False)
-    return subprocess.call(command)
+    if _state.get("log_level", "warning") not in ("debug", "info"):  # the workers report; the agent's log repeats it
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets for its workers, without its warning
+    try:
+        run(launch)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:
+        err_console.print(f"interrupted ({e.sigval.name}): the workers were stopped")
+        return 130
+    return 0
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -123,7 +168,7 @@ def validate(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDE
         recipe, rest = split_recipe(list(overrides or []))
         composed = compose(recipe, rest)
         console.print(yaml.safe_dump(composed.resolved, sort_keys=False, allow_unicode=True), highlight=False,
-                      markup=False)
+                      markup=False, soft_wrap=True)  # as written: a wrapped line would not be YAML
         err_console.print(f"[green]ok:[/] {composed.recipe_path}")
 
     _guard(body)
@@ -443,7 +488,7 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. alpaca.
     def body() -> None:
         from aware_cli.config import resolve_recipe
 
-        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False)
+        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False, soft_wrap=True)
 
     _guard(body)
 
@@ -497,7 +542,7 @@ def data_show(name: str = typer.Argument(..., help="Built-in data set, e.g. advb
         from aware_cli.data import builtin
 
         entry = builtin.get(name)
-        console.print(entry.source_md.read_text(), highlight=False, markup=False)
+        console.print(entry.source_md.read_text(), highlight=False, markup=False, soft_wrap=True)
         console.print(f"file: {entry.path}", highlight=False)
 
     _guard(body)
@@ -549,8 +594,9 @@ def main() -> None:
     except Exception as e:  # a bug, not bad input: one line unless --debug
         if _state["debug"] or "--debug" in sys.argv:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
-                          highlight=False)
+        if _speaks(e):
+            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (run with --debug "
+                              f"for the traceback)", highlight=False)
         sys.exit(1)
 
 

@@ -171,8 +171,13 @@ def test_validate_bad_key_exits_2_with_one_line(override, key):
 
 
 def test_validate_prints_resolved_config():
+    import yaml
+
+    from aware_cli.config import compose
+
     result = aware("validate", "recipe=alpaca", "k=8")
     assert result.exit_code == 0
+    assert yaml.safe_load(result.stdout) == compose("alpaca", ["k=8"]).resolved  # the whole config, as YAML
     assert "k: 8" in result.stdout and "tau_mu: 0.8" in result.stdout
 
 
@@ -190,7 +195,11 @@ def test_recipes_commands(tmp_path):
     assert shown.exit_code == 0 and "aware train recipe=smoke" in shown.output
     dest = tmp_path / "mine.yaml"
     assert aware("recipes", "cp", "smoke", str(dest)).exit_code == 0
-    assert dest.read_text() == shown.output.rstrip("\n") + "\n" or dest.read_text().startswith("# aware train")
+    from aware_cli.config import resolve_recipe
+
+    shipped = resolve_recipe("smoke").read_text()
+    assert dest.read_text() == shipped  # the copy is the shipped file, byte for byte
+    assert shown.output.rstrip("\n") == shipped.rstrip("\n")  # and `show` prints it as shipped
     assert aware("recipes", "cp", "smoke", str(dest)).exit_code == 2  # exists, no --force
     assert aware("validate", f"recipe={dest}").exit_code == 0
 
@@ -269,19 +278,59 @@ def test_harm_verifier_gives_varying_mu_and_sigma(tmp_path, in_project_root):
     assert all(0.0 <= s <= 1.0 for r in records for s in r["scores"])
 
 
-@pytest.mark.parametrize("objective", ["dpo", "gapo", "shapo", "grpo", "constrained_sft"])
-def test_objectives_beyond_aware_train_from_the_cli(objective, tmp_path, in_project_root):
-    out = tmp_path / objective
-    result = aware("train", "recipe=smoke", f"output_dir={out}", f"objective={objective}", "verifier=python",
-                   "verifier.target=tests/fixtures/verifiers.py:by_prompt_parity", "k=4", "trainer.batch_size=4",
-                   "trainer.max_steps=1", "eval.every=0")
+OBJECTIVE_ARGS = ["recipe=smoke", "verifier=python", "verifier.target=tests/fixtures/verifiers.py:by_prompt_parity",
+                  "k=4", "trainer.batch_size=4", "trainer.max_steps=2", "eval.every=0",
+                  "data.mix.path=builtin:advbench", "data.mix.share=0.5"]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """objective=sft with OBJECTIVE_ARGS: what constrained_sft is compared with."""
+    import os
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("sft") / "run"
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parent.parent)
+    try:
+        result = aware("train", *OBJECTIVE_ARGS, f"output_dir={out}", "objective=sft")
+    finally:
+        os.chdir(cwd)
     assert result.exit_code == 0, result.output
-    (m,) = read_jsonl(out / "metrics.jsonl")
-    assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
+    return out
+
+
+@pytest.mark.parametrize("objective", ["dpo", "gapo", "shapo", "grpo", "constrained_sft"])
+def test_objectives_beyond_aware_train_from_the_cli(objective, sft_run, tmp_path, in_project_root):
+    """Each objective's loss where it is known in closed form: at step 1 the LoRA B matrices are 0, so the policy
+    is the reference (the base model with the adapter disabled)."""
+    out = tmp_path / objective
+    result = aware("train", *OBJECTIVE_ARGS, f"output_dir={out}", f"objective={objective}")
+    assert result.exit_code == 0, result.output
+    first, second = read_jsonl(out / "metrics.jsonl")
+    assert first["grad_norm"] > 0 and second["grad_norm"] > 0
     if objective in ("dpo", "gapo", "shapo"):
-        assert m["objective/pairs"] >= 1  # pairs formed from the scored samples
-    if objective == "constrained_sft":
-        assert m["mu_mean"] is None  # trains on the targets: nothing sampled
+        assert first["objective/pairs"] >= 1  # pairs formed from the scored samples
+    if objective == "dpo":  # policy = reference: every log-ratio is 0, so −log σ(0) = log 2
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert first["objective/reward_margin"] == pytest.approx(0.0, abs=1e-6)
+        assert second["loss"] != pytest.approx(math.log(2), abs=1e-6)
+    if objective == "gapo":  # the anchor is a step *up* the pair loss: its margins are lower, so the gap is ≥ 0
+        assert first["objective/gap_mean"] >= 0 and first["loss"] <= math.log(2) + 1e-6
+        assert first["objective/weight_min"] <= 1.0 <= first["objective/weight_max"]  # weights average to 1
+    if objective == "shapo":  # the worst case within ρ on the salient subspace is no better than θ itself
+        assert first["objective/sharpness"] >= 0 and first["objective/perturbation_norm"] == pytest.approx(0.05)
+        assert first["objective/mask_density"] == pytest.approx(0.1, abs=1e-3)  # saliency_top_p
+    if objective == "grpo":  # β = 1 for every judged prompt: the loss is the mean of the prompts' PG terms
+        for m in (first, second):
+            records = [r for r in read_jsonl(out / "samples.jsonl") if r["step"] == m["step"]]
+            assert m["loss"] == pytest.approx(sum(r["loss_pg"] or 0.0 for r in records) / 4, abs=1e-6)
+            assert {r["beta"] for r in records if r["mu"] is not None} == {1.0}
+    if objective == "constrained_sft":  # nothing sampled; the constraint is 0 while policy = reference
+        sft = read_jsonl(sft_run / "metrics.jsonl")
+        assert first["mu_mean"] is None and first["objective/harmful_rows"] >= 1
+        assert first["loss"] == pytest.approx(sft[0]["loss"], abs=1e-6)
+        assert second["objective/harmful_rows"] >= 1 and second["loss"] > sft[1]["loss"] + 1e-6
 
 
 def test_reference_objectives_need_lora(tmp_path):

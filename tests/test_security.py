@@ -50,14 +50,14 @@ def judge(request):
 
 def judge_args(url):
     return ["verifier=http_judge", f"verifier.http.url={url}", "verifier.http.model=stub",
-            "verifier.http.api_key_env=AWARE_TEST_JUDGE_KEY", "verifier.http.max_retries=1",
+            "verifier.http.api_key_env=AWARE_TEST_JUDGE_API_KEY", "verifier.http.max_retries=1",
             "verifier.http.backoff_s=0.01", "verifier.http.max_backoff_s=0.02", "verifier.http.timeout_s=5"]
 
 
 @pytest.mark.parametrize("judge", ["ok"], indirect=True)
 def test_api_key_is_sent_but_never_written(judge, tmp_path, monkeypatch, in_project_root, caplog):
     url, seen = judge
-    monkeypatch.setenv("AWARE_TEST_JUDGE_KEY", SECRET)
+    monkeypatch.setenv("AWARE_TEST_JUDGE_API_KEY", SECRET)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={out}", *judge_args(url),
                                       "trainer.max_steps=2", "eval.every=0", "trainer.save_every=1"])
@@ -75,7 +75,7 @@ def test_api_key_is_sent_but_never_written(judge, tmp_path, monkeypatch, in_proj
 @pytest.mark.parametrize("judge", ["outage"], indirect=True)
 def test_judge_outage_aborts_with_a_clear_message(judge, tmp_path, monkeypatch, in_project_root):
     url, seen = judge
-    monkeypatch.setenv("AWARE_TEST_JUDGE_KEY", SECRET)
+    monkeypatch.setenv("AWARE_TEST_JUDGE_API_KEY", SECRET)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={out}", *judge_args(url),
                                       "verifier.max_none_frac=0.5"])

@@ -23,6 +23,10 @@ from aware_cli.config.validate import build, mapping_keys, schema_keys, suggest
 from aware_cli.errors import ConfigError
 
 GROUPS = ("model", "data", "verifier", "gate", "objective", "trainer")
+# Switches only the command line may turn on: a recipe file, a config-group file or a run's
+# config.yaml that sets one is refused, so no file can run a model repo's code or send another
+# environment variable to a judge without the user typing it.
+CLI_ONLY_KEYS = ("model.trust_remote_code", "verifier.http.allow_any_key_env")
 
 
 def recipes_dir() -> Path:
@@ -81,15 +85,18 @@ class Composed:
     recipe_path: Path
 
 
-def _split_overrides(overrides: List[str], schema: type) -> Tuple[List[str], List[str]]:
-    """Group selections (`model=tiny`) stay Hydra's; value overrides become `++key=value` after a schema check."""
+def _split_overrides(overrides: List[str], schema: type) -> Tuple[List[str], List[str], List[str]]:
+    """Group selections (`model=tiny`) stay Hydra's; value overrides become `++key=value` after a schema check.
+
+    Third: the `CLI_ONLY_KEYS` these overrides turn on.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
     valid = schema_keys(schema)
     free = tuple(k + "." for k in mapping_keys(schema))
-    groups, values = [], []
+    groups, values, switched_on = [], [], []
     for text in overrides:
         try:
             (ov,) = parser.parse_overrides([text])
@@ -104,7 +111,9 @@ def _split_overrides(overrides: List[str], schema: type) -> Tuple[List[str], Lis
         if key not in valid and not key.startswith(free):
             raise ConfigError(f"unknown config key '{key}'{suggest(key, valid)}")
         values.append(text if ov.is_delete() else "++" + text.lstrip("+"))
-    return groups, values
+        if key in CLI_ONLY_KEYS and not ov.is_delete() and ov.value() is True:
+            switched_on.append(key)
+    return groups, values, switched_on
 
 
 def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type = AwareConfig,
@@ -118,7 +127,7 @@ def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type 
 
     path = resolve_recipe(recipe, subdir)
     _load_yaml(path)  # YAML syntax errors with file:line before Hydra wraps them
-    group_overrides, value_overrides = _split_overrides(list(overrides or []), schema)
+    group_overrides, value_overrides, switched_on = _split_overrides(list(overrides or []), schema)
     with tempfile.TemporaryDirectory(prefix="aware-groups-") as extra:
         group_overrides = [_group_file_override(o, Path(extra)) for o in group_overrides]
         dirs = ([recipes_dir()] if path.parent != recipes_dir() else []) + [Path(extra)]
@@ -132,9 +141,13 @@ def compose(recipe: str, overrides: Optional[List[str]] = None, *, schema: type 
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     plain.pop("defaults", None)
-    if schema is AwareConfig:
-        plain["recipe"] = path.stem
+    if schema is AwareConfig:  # a run's config.yaml names the recipe it was composed from
+        plain["recipe"] = plain.get("recipe") or path.stem
     config = build(schema, plain)
+    for key in cli_only_settings(config):
+        if key not in switched_on:
+            raise ConfigError(f"{key}: only the command line can turn this on ({key}=true); {path.name} or a "
+                              f"config group it uses sets it")
     if isinstance(config, AwareConfig):
         _absolute_parent_run(config)
         check_consistency(config)
@@ -155,6 +168,18 @@ def _absolute_parent_run(config: AwareConfig) -> None:
         return
     if trained is not None:
         config.model.name_or_path = str(Path(config.model.name_or_path).expanduser().resolve())
+
+
+def cli_only_settings(config: Any) -> List[str]:
+    """The `CLI_ONLY_KEYS` that are on in `config` (a composed AwareConfig or EvalRunConfig)."""
+    on = []
+    for key in CLI_ONLY_KEYS:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if value is True:
+            on.append(key)
+    return on
 
 
 def _group_file_override(override: str, extra: Path) -> str:

@@ -219,16 +219,22 @@ class GuardConfig:
 class HttpJudgeConfig:
     """`http_judge`: an OpenAI-compatible /v1/chat/completions endpoint."""
 
-    url: str = field("http://127.0.0.1:8000/v1/chat/completions", "Chat-completions URL.")
+    url: str = field("http://127.0.0.1:8000/v1/chat/completions", "Chat-completions URL: https://, or http:// "
+                     "to a loopback host only (127.0.0.0/8, ::1, localhost).")
     model: str = field("", "Model name sent in the request.")
     api_key_env: Optional[str] = field("AWARE_JUDGE_API_KEY", "Environment variable holding the API key "
-                                       "(never logged or written).")
+                                       "(never logged or written); its name must look like an API key's "
+                                       "(contain API_KEY) unless allow_any_key_env=true.")
+    allow_any_key_env: bool = field(False, "Let api_key_env name any variable (e.g. one not called *API_KEY*). "
+                                    "Command line only: a recipe file that sets it is refused.")
     rubric: str = field("harm5", "harm5 (HEx-PHI-style 1-5 harmfulness) or truthfulness, or a path to a template "
                         "with {prompt}, {response}, {reference}.")
     timeout_s: float = field(30.0, "Per-request timeout.", gt=0.0)
     max_retries: int = field(4, "Retries on 429/5xx/timeouts (exponential backoff with jitter).", ge=0)
     backoff_s: float = field(0.5, "First backoff delay.", ge=0.0)
-    max_backoff_s: float = field(8.0, "Longest backoff delay.", ge=0.0)
+    max_backoff_s: float = field(8.0, "Longest backoff delay (without a Retry-After header).", ge=0.0)
+    max_retry_after_s: float = field(120.0, "Longest Retry-After (429/503) the judge waits; a longer one fails "
+                                     "that request at once (None score).", ge=0.0)
     concurrency: int = field(8, "Requests in flight at once.", ge=1)
     verify_tls: bool = field(True, "Verify TLS certificates.")
     temperature: float = field(0.0, "Judge sampling temperature.", ge=0.0)

@@ -6,6 +6,8 @@
 
 A run that itself continued from a run (`model.name_or_path=<run>`) has that run as its base: the
 chain is followed by `load_model` (see `lineage.py`).
+The run's config.yaml supplies the base model's name, finetune and LoRA settings, never
+`trust_remote_code`: that comes from the evaluating command line only (`model.trust_remote_code=true`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Compared with `model.generate` on the B×k repeated prompts it
 - drops finished sequences from the decode batch (and their KV rows), so a step costs only
   the sequences still running;
 - samples with temperature / top-p on the model's device from its own seeded generator, so
-  sampling does not touch (or depend on) the global RNG.
+  sampling does not touch (or depend on) the global RNG; with `row_seeds` (training), each prompt's
+  draws come from its own seed (`row_uniforms`), so a prompt's k samples do not depend on the other
+  prompts in the batch: the same under torchrun (any rank, any share) as in one process.
 The policy's own weights are used (no reload, no second model): with LoRA they are merged into a
 sampling copy of each adapted weight, and with `sampling.dtype=bfloat16` cast (`sampling_weights`);
 a copy is kept until the weights it came from change, so frozen bases are cast once per run.
@@ -102,13 +104,24 @@ def _merged_copy(layer, target: Optional[torch.dtype]) -> torch.Tensor:
     return cached[1]
 
 
+def row_uniforms(row_seeds: Sequence[int], k: int, steps: int, device: torch.device) -> torch.Tensor:
+    """[len(row_seeds)·k, steps] float64 uniforms in [0, 1): prompt b's k rows from a generator seeded row_seeds[b].
+
+    Row b·k + j, column t is the draw of prompt b's sample j at decode step t, whatever else is in the batch.
+    """
+    blocks = [torch.rand((k, steps), generator=torch.Generator().manual_seed(int(seed) % (1 << 63)),
+                         dtype=torch.float64) for seed in row_seeds]
+    return torch.cat(blocks).to(device) if blocks else torch.zeros((0, steps), dtype=torch.float64, device=device)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: Optional[torch.Generator]) -> torch.Tensor:
+                generator: Optional[torch.Generator], uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One token per row: greedy when temperature == 0, else softmax(logits / T) truncated to top-p.
 
-    Drawn by inverse transform: one uniform number per row against the row's cumulative distribution
-    (float64), which needs a row's worth of random numbers less than `torch.multinomial`'s exponential
-    draw over the whole vocabulary (~10% of a CPU decode step at 49k tokens).
+    Drawn by inverse transform, one U[0, 1) value per row against the row's cumulative distribution
+    (float64): `uniforms` when given (each row's token then depends on its own draw only), else one draw
+    per row from `generator`. A row's worth of random numbers, not `torch.multinomial`'s exponential draw
+    over the whole vocabulary (~10% of a CPU decode step at 49k tokens).
     """
     if temperature == 0.0:
         return logits.argmax(-1)
@@ -118,17 +131,21 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix with mass ≥ top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
     cdf = probs.double().cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
-    picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first token whose cdf exceeds u·total
-    return picked.clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+    target = uniforms.to(device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]  # first token whose cdf exceeds it
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()
 def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
                pad_id: int, device: torch.device, temperature: float = 1.0, top_p: float = 1.0,
-               seed: Optional[int] = None, cuda_graphs: bool = True) -> List[List[int]]:
+               seed: Optional[int] = None, cuda_graphs: bool = True,
+               row_seeds: Optional[Sequence[int]] = None) -> List[List[int]]:
     """Token lists (EOS included when produced) for each prompt's k samples, prompt-major: [b*k + j].
+
+    `row_seeds` (one per prompt) replace `seed`: each prompt samples from its own seeded draws.
 
     On CUDA (with `cuda_graphs`), models that `static_decode.supports_static` accepts decode through
     a CUDA graph (`static_decode.generate_k_static`); if that fails, the model is marked and this
@@ -137,13 +154,15 @@ def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: i
     if cuda_graphs and device.type == "cuda" and _static_ok(model):
         try:
             return generate_k_static(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                                     pad_id=pad_id, device=device, temperature=temperature, top_p=top_p, seed=seed)
+                                     pad_id=pad_id, device=device, temperature=temperature, top_p=top_p, seed=seed,
+                                     row_seeds=row_seeds)
         except RuntimeError as exc:  # an architecture whose forward cannot be captured
             model._aware_static_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"sampling: CUDA-graph decoding failed ({model._aware_static_failed}); "
                           f"using the dynamic engine for this model", RuntimeWarning)
     return _generate_k_dynamic(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                               device=device, temperature=temperature, top_p=top_p, seed=seed)
+                               device=device, temperature=temperature, top_p=top_p, seed=seed,
+                               row_seeds=row_seeds)
 
 
 def _static_ok(model) -> bool:
@@ -154,11 +173,13 @@ def _static_ok(model) -> bool:
 
 def _generate_k_dynamic(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
                         pad_id: int, device: torch.device, temperature: float, top_p: float,
-                        seed: Optional[int]) -> List[List[int]]:
+                        seed: Optional[int], row_seeds: Optional[Sequence[int]] = None) -> List[List[int]]:
     was_training = model.training
     model.eval()
-    generator = None
-    if seed is not None and temperature > 0:
+    generator = uniforms = None
+    if row_seeds is not None and temperature > 0:
+        uniforms = row_uniforms(row_seeds, k, max_new_tokens, device)
+    elif seed is not None and temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
     ids, attn = pack_left([list(p) for p in prompts], pad_id, device)
@@ -176,7 +197,8 @@ def _generate_k_dynamic(model, prompts: Sequence[List[int]], k: int, *, max_new_
     rows = torch.arange(len(prompts) * k, device=device)  # which output each decode row belongs to
     outputs: List[List[int]] = [[] for _ in range(len(prompts) * k)]
     for step in range(max_new_tokens):
-        tokens = sample_next(logits, temperature, top_p, generator)
+        tokens = sample_next(logits, temperature, top_p, generator,
+                             None if uniforms is None else uniforms[rows, step])
         for row, token in zip(rows.tolist(), tokens.tolist()):
             outputs[row].append(token)
         running = ~torch.isin(tokens, eos)

@@ -33,6 +33,26 @@ LogprobPair = Tuple[torch.Tensor, torch.Tensor]
 _SCORE_TOL = 1e-9
 
 
+class Reduce:
+    """How per-process parts of a batch combine across data-parallel processes; this one is one process.
+
+    `distributed.RankReduce` implements the same under torchrun: `sum` adds each tensor over the
+    processes, `gather` returns every process's tensor in rank order, `rank` is this process's place.
+    The pair losses below use it to be exactly the loss of the whole batch in one process.
+    """
+
+    rank = 0
+
+    def sum(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        return list(tensors)
+
+    def gather(self, tensor: torch.Tensor) -> List[torch.Tensor]:
+        return [tensor]
+
+
+LOCAL = Reduce()
+
+
 @dataclass
 class Pair:
     """One preference pair, as token ids: the prompt, the preferred and the dispreferred response."""
@@ -230,7 +250,8 @@ def gapo_weights(gap: torch.Tensor, *, weight_temperature: float = 1.0, weightin
 
 def gapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, params: Sequence[torch.Tensor], *,
               beta: float = 0.1, rho: float = 0.05, weight_temperature: float = 1.0, weighting: str = "softmax",
-              length_normalized: bool = False) -> Tuple[torch.Tensor, Info]:
+              length_normalized: bool = False, total: Optional[int] = None,
+              reduce: Reduce = LOCAL) -> Tuple[torch.Tensor, Info]:
     """Geometric Anchor Preference Optimization (reconstructed from the GAPO abstract).
 
     The fixed reference of DPO is replaced by an *anchor*: the current policy perturbed
@@ -251,34 +272,51 @@ def gapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, p
 
     The returned loss has a graph: the caller runs backward. Cost: one forward+backward for g
     (the graph of step 1 is kept and reused by the loss), one no-grad forward for the anchor.
-    `params` are the trainable parameters (LoRA weights); g is local to this process.
+    `params` are the trainable parameters (LoRA weights).
+    Data-parallel: `pairs` are this process's share of the batch's `total` pairs; g, the weights'
+    softmax and the info are taken over the whole batch through `reduce`, and the returned loss is
+    this process's part Σ_own w_i·loss_i / total, so the parts add up to the 1-process loss.
     info: loss, gap_mean, gap_std, gap_max, weight_min, weight_max, reward_margin (mean β·m_θ),
     anchor_margin (mean β·m_a), accuracy (m_θ > 0), grad_norm (‖g‖), pair_loss (L(θ)).
     """
     params = list(params)
-    chosen, rejected = pair_logprobs(model, pairs, pad_id, device, length_normalized=length_normalized)
-    margin = chosen - rejected
-    pair_loss = -F.logsigmoid(beta * margin).mean()
+    n = len(pairs)
+    total = n if total is None else int(total)
+    if total < 1:
+        raise ValueError("gapo_loss: no pairs")
+    if n:
+        chosen, rejected = pair_logprobs(model, pairs, pad_id, device, length_normalized=length_normalized)
+        margin = chosen - rejected
+    else:  # this process has none of the batch's pairs; it still joins the reductions
+        margin = torch.zeros(0, device=device)
+    pair_loss = -F.logsigmoid(beta * margin).sum() / total  # this process's part of the batch mean
     grad_norm = 0.0
     anchor = margin.detach()
     if rho != 0 and params:
-        grads = _grads(pair_loss, params, retain_graph=True)
-        step, grad_norm = _ascent_step(grads, rho)
+        grads = _grads(pair_loss, params, retain_graph=True) if margin.requires_grad else \
+            [torch.zeros_like(p) for p in params]
+        step, grad_norm = _ascent_step(reduce.sum(grads), rho)
         del grads
-        if step:
+        if step and n:
             with _Perturbation(params, step), torch.no_grad():
                 a_chosen, a_rejected = pair_logprobs(model, pairs, pad_id, device, length_normalized=length_normalized)
             anchor = (a_chosen - a_rejected).detach()
     gap = (margin - anchor).detach()
-    weights = gapo_weights(gap, weight_temperature=weight_temperature, weighting=weighting).to(margin.dtype)
+    gaps = reduce.gather(gap)  # the weights are a softmax over every pair of the batch
+    all_gaps = torch.cat([g.to(gap.device) for g in gaps])
+    all_weights = gapo_weights(all_gaps, weight_temperature=weight_temperature, weighting=weighting)
+    offset = sum(len(g) for g in gaps[:reduce.rank])
+    weights = all_weights[offset:offset + n].to(margin.dtype)
     losses = -F.logsigmoid(beta * (margin - anchor))
-    loss = (weights * losses).mean()
-    info = {"loss": float(loss.detach()), "gap_mean": float(gap.mean()),
-            "gap_std": float(gap.std(unbiased=False)), "gap_max": float(gap.max()),
-            "weight_min": float(weights.min()), "weight_max": float(weights.max()),
-            "reward_margin": float(beta * margin.detach().mean()), "anchor_margin": float(beta * anchor.mean()),
-            "accuracy": float((margin.detach() > 0).float().mean()), "grad_norm": grad_norm,
-            "pair_loss": float(pair_loss.detach())}
+    loss = (weights * losses).sum() / total
+    sums = reduce.sum([torch.stack([loss.detach().double(), margin.detach().sum().double(),
+                                    anchor.sum().double(), (margin.detach() > 0).sum().double(),
+                                    pair_loss.detach().double()])])[0]
+    info = {"loss": float(sums[0]), "gap_mean": float(all_gaps.mean()),
+            "gap_std": float(all_gaps.std(unbiased=False)), "gap_max": float(all_gaps.max()),
+            "weight_min": float(all_weights.min()), "weight_max": float(all_weights.max()),
+            "reward_margin": float(beta * sums[1] / total), "anchor_margin": float(beta * sums[2] / total),
+            "accuracy": float(sums[3] / total), "grad_norm": grad_norm, "pair_loss": float(sums[4])}
     return loss, info
 
 
@@ -308,7 +346,8 @@ def _shapo_base(model, pairs, pad_id, device, ref: Optional[LogprobPair], *, lev
 def shapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, params: Sequence[torch.Tensor],
                mask: Optional[Sequence[torch.Tensor]] = None, *, beta: float = 0.1, rho: float = 0.05,
                level: str = "token", base: str = "dpo", ref: Optional[LogprobPair] = None,
-               label_smoothing: float = 0.0, backward_scale: float = 1.0) -> Tuple[torch.Tensor, Info]:
+               label_smoothing: float = 0.0, backward_scale: float = 1.0,
+               reduce: Reduce = LOCAL) -> Tuple[torch.Tensor, Info]:
     """Sharpness-aware preference optimisation on a selected subspace (reconstructed from the ShaPO abstract).
 
     ShaPO minimises the worst case of a base preference loss within radius ρ, perturbing only an
@@ -335,6 +374,10 @@ def shapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, 
     is zero, means no perturbation: one forward and one backward of the base loss at θ.
     info: loss (at θ+ε), loss_clean (at θ; = loss when not perturbed), sharpness (difference),
     perturbation_norm, grad_norm (‖g⊙mask‖), mask_density, plus the base loss's margin/accuracy.
+    Data-parallel: `pairs` are this process's share and `backward_scale` its share of the batch
+    (own pairs / all pairs); g = Σ over processes (via `reduce`) of the scaled gradients, so ε and
+    the accumulated gradient are those of the whole batch. A process without pairs joins the
+    reduction and adds nothing.
     """
     if level not in ("token", "reward"):
         raise ValueError(f"shapo: unknown level {level!r} (use token or reward)")
@@ -345,7 +388,8 @@ def shapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, 
         mask = list(mask)
         if len(mask) != len(params) or any(m.shape != p.shape for m, p in zip(mask, params)):
             raise ValueError("shapo: mask must hold one tensor per parameter, of the parameter's shape")
-    if level == "reward" and ref is None:
+    has_pairs = len(pairs) > 0
+    if level == "reward" and ref is None and has_pairs:
         ref = reference_logprobs(model, pairs, pad_id, device)
 
     def base_loss():
@@ -355,18 +399,25 @@ def shapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, 
     step: List[Optional[torch.Tensor]] = []
     grad_norm, loss_clean = 0.0, None
     if rho != 0 and params:
-        clean, _ = base_loss()
-        loss_clean = float(clean.detach())
-        step, grad_norm = _ascent_step(_grads(clean, params), rho, mask)
-        del clean
+        if has_pairs:
+            clean, _ = base_loss()
+            loss_clean = float(clean.detach())
+            grads = _grads(clean * backward_scale, params)  # this process's part of the batch gradient
+            del clean
+        else:
+            grads = [torch.zeros_like(p) for p in params]
+        step, grad_norm = _ascent_step(reduce.sum(grads), rho, mask)
+        del grads
+    total = sum(p.numel() for p in params)
+    kept = sum(float(m.sum()) for m in mask) if mask is not None else float(total)
+    if not has_pairs:
+        return torch.zeros((), device=device), {"grad_norm": grad_norm, "mask_density": kept / total if total else 0.0}
     with _Perturbation(params, step):
         loss, info = base_loss()
         (loss * backward_scale).backward()
     value = float(loss.detach())
     if loss_clean is None:
         loss_clean = value
-    total = sum(p.numel() for p in params)
-    kept = sum(float(m.sum()) for m in mask) if mask is not None else float(total)
     info = {"loss": value, "loss_clean": loss_clean, "sharpness": value - loss_clean,
             "perturbation_norm": _global_norm([s for s in step if s is not None]) if step else 0.0,
             "grad_norm": grad_norm, "mask_density": kept / total if total else 0.0, **info}
@@ -375,7 +426,8 @@ def shapo_loss(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, 
 
 def saliency_mask(model, pairs: Sequence[Pair], pad_id: int, device: torch.device, params: Sequence[torch.Tensor], *,
                   top_p: float = 0.1, beta: float = 0.1, ref: Optional[LogprobPair] = None,
-                  chunk: Optional[int] = None) -> List[torch.Tensor]:
+                  chunk: Optional[int] = None, total: Optional[int] = None,
+                  reduce: Reduce = LOCAL) -> List[torch.Tensor]:
     """0/1 masks (one per parameter, the parameter's shape and dtype) marking the top-`top_p` share of
     all entries of `params` by |∂L_DPO/∂θ| — a single global threshold across parameters.
 
@@ -383,7 +435,9 @@ def saliency_mask(model, pairs: Sequence[Pair], pad_id: int, device: torch.devic
     when `ref` is None and the model is a PeftModel; otherwise the reference-free −log σ(β·m_θ).
     Exactly ⌈top_p·N⌉ entries are kept (ties broken by torch.topk). `chunk` pairs at a time are
     differentiated and their gradients summed (weighted by chunk size), so a large calibration set
-    fits in memory; `.grad` is not touched.
+    fits in memory; `.grad` is not touched. Data-parallel: `pairs` are this process's share of
+    `total` pairs; the gradient is summed over processes (`reduce`) before the threshold, so every
+    process selects the same subspace as one process would.
     """
     if not 0 < top_p <= 1:
         raise ValueError(f"saliency_mask: top_p must be in (0, 1], got {top_p}")
@@ -396,8 +450,11 @@ def saliency_mask(model, pairs: Sequence[Pair], pad_id: int, device: torch.devic
     except ImportError:  # pragma: no cover
         is_peft = False
     n = len(pairs)
-    size = chunk or n
-    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    size = chunk or max(n, 1)
+    count = n if total is None else int(total)
+    if count < 1:
+        raise ValueError("saliency_mask: no pairs")
+    summed = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     for start in range(0, n, size):
         part = list(pairs[start:start + size])
         chosen, rejected = pair_logprobs(model, part, pad_id, device)
@@ -408,9 +465,9 @@ def saliency_mask(model, pairs: Sequence[Pair], pad_id: int, device: torch.devic
         else:
             rc, rr = torch.zeros_like(chosen), torch.zeros_like(rejected)
         loss, _ = dpo_loss(chosen, rejected, rc, rr, beta=beta)
-        for acc, g in zip(total, _grads(loss * (len(part) / n), params)):
+        for acc, g in zip(summed, _grads(loss * (len(part) / count), params)):
             acc.add_(g.float())
-    flat = torch.cat([g.abs().flatten() for g in total])
+    flat = torch.cat([g.abs().flatten() for g in reduce.sum(summed)])
     keep = max(1, math.ceil(top_p * flat.numel()))
     chosen_idx = torch.topk(flat, keep, sorted=False).indices
     flat_mask = torch.zeros_like(flat)

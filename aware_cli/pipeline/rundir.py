@@ -1,5 +1,10 @@
 """The run directory: config.yaml, status.json, metrics.jsonl, samples.jsonl, tb/, checkpoints/, final/.
 
+Every run directory aware creates holds a marker, `.aware-run.json` (aware version, creation
+time), and a lock file, `.aware.lock`: a second `aware train` on the same directory while one runs
+gets a one-line error (filelock). `overwrite=true` replaces only a directory with the marker and
+removes only the names aware writes (`AWARE_NAMES`); any other file stays where it is.
+
 Checkpoints are written into a temporary sibling directory, fsynced, given a `COMPLETE` manifest
 (sha256 of every file) and renamed into place. A checkpoint whose manifest is missing or whose
 files do not match it is never loaded: resume falls back to the previous one with a warning.
@@ -16,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -27,49 +33,202 @@ COMPLETE = "COMPLETE"
 TRAINING_STATE = "training_state.pt"
 TRAINER_JSON = "aware_state.json"  # aware's own schema; not Hugging Face's trainer_state.json
 LEGACY_TRAINER_JSON = "trainer_state.json"  # its former name, still read so older runs resume
+OBJECTIVE_STATE = "objective_state.safetensors"
+MARKER = ".aware-run.json"
+LOCK = ".aware.lock"
+# What `aware train` (and `aware eval` into a run directory) writes; overwrite=true removes these and nothing else.
+AWARE_NAMES = ("config.yaml", "status.json", "metrics.jsonl", "samples.jsonl", "split.json", "tb", "checkpoints",
+               "final", "eval", "anchors.json", "trackers.json", "wandb", "mlruns", MARKER)
+# Temporaries of `write_atomic` (.NAME.tmp) and `write_dir_atomic` (.tmp-NAME) that a killed process may leave.
+_TEMPORARY = re.compile(r"^(\..+\.tmp|\.tmp-.+)$")
 
 
 def default_output_dir(recipe: str) -> Path:
     return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+# ----------------------------------------------------------------------------- secrets in config.yaml
+
+# Key names that say "credential": secret, password, API/access/private key, a bare `token`, or a
+# *_token naming an auth token (not max_new_tokens, first_tokens, safe_token or model.tokenizer).
+CREDENTIAL_KEY = re.compile(
+    r"(secret|passw(or)?d|passphrase|api_?key|access_?key|private_?key|credential|authorization|cookie"
+    r"|^(token|auth|bearer)$|(^|_)(auth|access|bearer|refresh|session|oauth|api|hf|github|gh)_?token$)",
+    re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+REDACTED = "***"
 
 
-def redact(value: Any, key: str = "") -> Any:
-    """The config with values of secret-looking keys (api_key, token, ...) replaced by '***'.
+def redact(value: Any, key: str = "", *, environ: Optional[Dict[str, str]] = None) -> Any:
+    """The config with its credentials replaced by '***', everything else exactly as it was.
 
-    `*_env` keys name an environment variable, not a secret, and are kept.
+    Redacted: the value of a key whose name says credential (`CREDENTIAL_KEY`: secret, password,
+    api_key, access_token, ...; `*_env` keys name an environment variable and are kept), the value
+    of any environment variable named by an `*api_key_env` key wherever it appears, and the user
+    info and query string of URLs. `max_new_tokens`, `safe_token`, `model.tokenizer` and the like
+    are not credentials and are written as they are, so the file reproduces the run.
     """
+    env = os.environ if environ is None else environ
+    secrets = sorted({env[name] for name in _key_env_names(value) if len(env.get(name) or "") >= 4},
+                     key=len, reverse=True)
+    return _redact(value, key, secrets)
+
+
+def _key_env_names(value: Any) -> List[str]:
+    names: List[str] = []
     if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
+        for k, v in value.items():
+            if str(k).endswith("api_key_env") and isinstance(v, str) and v:
+                names.append(v)
+            names.extend(_key_env_names(v))
+    elif isinstance(value, list):
+        for v in value:
+            names.extend(_key_env_names(v))
+    return names
+
+
+def _redact(value: Any, key: str, secrets: List[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k), secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if value is not None and SECRET_KEY.search(key) and not key.endswith("_env"):
-        return "***"
+        return [_redact(v, key, secrets) for v in value]
+    if value is not None and CREDENTIAL_KEY.search(key) and not key.endswith("_env"):
+        return REDACTED
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        if "://" in value:
+            value = _URL.sub(lambda m: redact_url(m.group(0)), value)
     return value
 
 
-def prepare(output_dir: Path, resolved: Dict[str, Any], *, resume: Optional[str], overwrite: bool) -> Path:
-    """Create (or reuse, when resuming) the run directory and write config.yaml."""
-    holds_run = (output_dir / "config.yaml").exists() or (output_dir / "metrics.jsonl").exists()
-    if holds_run and not resume:
-        if not overwrite:
-            raise ConfigError(f"output_dir: {output_dir} holds another run (pass resume=auto to continue it "
-                              f"or overwrite=true to replace it)")
-        shutil.rmtree(output_dir)
+def redact_url(url: str) -> str:
+    """`url` with its user info and query string replaced by '***' (either may hold a credential)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return url
+    if not (parts.username or parts.password or parts.query):
+        return url
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = (f"{REDACTED}@" if parts.username or parts.password else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "", parts.fragment))
+
+
+# ----------------------------------------------------------------------------- the directory
+
+
+def holds_run(output_dir: Path) -> bool:
+    """Whether `output_dir` holds a run (aware's marker, or the files of a run written before markers)."""
+    return any((output_dir / name).exists() for name in (MARKER, "config.yaml", "metrics.jsonl"))
+
+
+def check_output_dir(output_dir: Path, *, resume: Optional[str], overwrite: bool) -> None:
+    """Refuse a target before anything is written: another run without resume/overwrite, or an unsafe overwrite.
+
+    overwrite=true (without resume) refuses the root, the home and the current directory outright, and
+    a directory holding a run without aware's marker (`.aware-run.json`): aware did not write it.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir: {output_dir} exists and is not a directory")
+    if overwrite and not resume:
+        resolved = output_dir.resolve()
+        if resolved in (Path(resolved.anchor), Path.home().resolve(), Path.cwd().resolve()):
+            raise ConfigError(f"output_dir: overwrite=true refuses {output_dir} (the root, home or current "
+                              f"directory); choose a run directory")
+    if not holds_run(output_dir) or resume:
+        return
+    if not overwrite:
+        raise ConfigError(f"output_dir: {output_dir} holds another run (pass resume=auto to continue it "
+                          f"or overwrite=true to replace it)")
+    if not (output_dir / MARKER).is_file():
+        raise ConfigError(f"output_dir: overwrite=true refuses {output_dir}: it has no {MARKER}, so aware did not "
+                          f"create it (or an older aware did); remove it yourself or choose another output_dir")
+
+
+def lock_run_dir(output_dir: Path):
+    """Hold `output_dir/.aware.lock` for the run (a FileLock; release() it at the end); busy → ConfigError."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(output_dir / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"output_dir: {output_dir} is in use by another aware run (it holds {output_dir / LOCK}); "
+                          f"wait for it to finish or choose another output_dir") from None
+    return lock
+
+
+def open_run_dir(output_dir: Path, resolved: Dict[str, Any], *, resume: Optional[str], overwrite: bool):
+    """Check, create and lock the run directory, clear it for overwrite=true, write the marker and config.yaml.
+
+    Returns the held lock (release it when the run ends).
+    """
+    check_output_dir(output_dir, resume=resume, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(output_dir)
+    try:
+        check_output_dir(output_dir, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
+        prepare(output_dir, resolved, resume=resume, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def prepare(output_dir: Path, resolved: Dict[str, Any], *, resume: Optional[str], overwrite: bool) -> Path:
+    """Create (or reuse, when resuming) the run directory and write the marker and config.yaml."""
+    check_output_dir(output_dir, resume=resume, overwrite=overwrite)
+    if holds_run(output_dir) and not resume:  # overwrite=true of a directory aware created
+        remove_run_files(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(output_dir)
+    if not (output_dir / MARKER).exists() and not holds_run(output_dir):
+        from aware_cli import __version__
+
+        write_atomic(output_dir / MARKER, json.dumps({"aware": __version__, "created": time.time()}) + "\n")
     write_atomic(output_dir / "config.yaml", yaml.safe_dump(redact(resolved), sort_keys=False, allow_unicode=True))
     return output_dir
 
 
+def remove_run_files(output_dir: Path) -> List[str]:
+    """Remove what aware wrote into `output_dir` (`AWARE_NAMES` and its temporaries); returns what is left."""
+    for name in AWARE_NAMES:
+        _remove(output_dir / name)
+    remove_temporaries(output_dir)
+    return sorted(p.name for p in output_dir.iterdir() if p.name != LOCK)
+
+
+def remove_temporaries(root: Path) -> None:
+    """Temporaries of atomic writes (`.NAME.tmp`, `.tmp-NAME`) in `root` and `root/checkpoints`."""
+    for folder in (root, root / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if _TEMPORARY.match(path.name):
+                    _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def set_status(run_dir: Path, state: str, **extra: Any) -> None:
@@ -107,16 +266,22 @@ def _fsync_dir(path: Path) -> None:
 def write_dir_atomic(path: Path, write: Callable[[Path], None], *, manifest: Optional[Dict[str, Any]] = None) -> Path:
     """Fill a temporary sibling directory with `write(tmp)`, fsync it, then rename it to `path`.
 
-    With `manifest`, a `COMPLETE` file listing every file's sha256 is written last.
+    With `manifest`, a `COMPLETE` file listing every file's sha256 is written last. If anything
+    fails (disk full, an exception in `write`), the temporary directory is removed and `path` is
+    left as it was.
     """
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if manifest is not None:
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / COMPLETE).write_text(json.dumps({**manifest, "files": files}, indent=1) + "\n")
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if manifest is not None:
+            files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / COMPLETE).write_text(json.dumps({**manifest, "files": files}, indent=1) + "\n")
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -141,35 +306,74 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
     return None
 
 
+def checkpoint_step(path: Path) -> Optional[int]:
+    """N of a `step-N` directory, else None."""
+    head, _, tail = path.name.partition("-")
+    return int(tail) if head == "step" and tail.isdigit() else None
+
+
 def list_checkpoints(run_dir: Path) -> List[Path]:
     """Checkpoint directories `checkpoints/step-N` (complete or not), oldest first."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in root.glob("step-*") if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def rng_snapshot() -> Dict[str, Any]:
+    """The torch (CPU, CUDA), Python and NumPy RNG states now, to write into a later checkpoint."""
+    return {**_torch_rng(), "python_rng": _python_rng()}
 
 
 def save_checkpoint(run_dir: Path, step: int, save_weights: Callable[[Path], None], optimizer, scheduler,
-                    trainer_state: Dict[str, Any], keep_last: int = 0) -> Path:
-    """checkpoints/step-N: weights, optimizer + scheduler + RNG tensors, aware_state.json, manifest."""
+                    trainer_state: Dict[str, Any], keep_last: int = 0, *, rng: Optional[Dict[str, Any]] = None,
+                    objective_state: Optional[Dict[str, torch.Tensor]] = None) -> Path:
+    """checkpoints/step-N: weights, optimizer + scheduler + RNG tensors, aware_state.json, manifest.
+
+    `rng`: an `rng_snapshot()` taken earlier (default: the RNG states now). `objective_state`:
+    tensors an objective keeps across steps (shapo's saliency mask), saved as safetensors.
+    Pruning keeps the newest `keep_last` checkpoints up to `step`; a checkpoint numbered above
+    `step` belongs to an abandoned timeline and is removed.
+    """
+    rng = rng or rng_snapshot()
 
     def write(tmp: Path) -> None:
         save_weights(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_torch_rng()},
-                   tmp / TRAINING_STATE)
-        state = {**trainer_state, "python_rng": _python_rng()}
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": rng["torch_rng"], "cuda_rng": rng["cuda_rng"]}, tmp / TRAINING_STATE)
+        state = {**trainer_state, "python_rng": rng["python_rng"]}
         (tmp / TRAINER_JSON).write_text(json.dumps(state, indent=2) + "\n")
+        if objective_state:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in objective_state.items()},
+                      str(tmp / OBJECTIVE_STATE))
 
     path = write_dir_atomic(run_dir / "checkpoints" / f"step-{step}", write, manifest={"step": step})
-    if keep_last:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    newer = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) <= step]
+    for old in newer + (older[:-keep_last] if keep_last else []):
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
+def drop_later_checkpoints(run_dir: Path, step: int) -> List[str]:
+    """Remove `checkpoints/step-M` with M > `step` (a timeline abandoned by resuming from `step`); messages."""
+    dropped = []
+    for path in list_checkpoints(run_dir):
+        if checkpoint_step(path) > step:
+            shutil.rmtree(path, ignore_errors=True)
+            dropped.append(f"removed checkpoint {path}: resuming from step {step} abandons the steps after it")
+    return dropped
+
+
 def load_training_state(ckpt: Path, optimizer, scheduler) -> Dict[str, Any]:
-    """Restore optimizer, scheduler and RNG states (tensors only: weights_only=True, no pickle)."""
+    """Restore optimizer, scheduler and RNG states (tensors only: weights_only=True, no pickle).
+
+    The objective's tensors (`objective_state.safetensors`), if any, come back under
+    "objective_state" in the returned trainer state.
+    """
     state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -179,6 +383,10 @@ def load_training_state(ckpt: Path, optimizer, scheduler) -> Dict[str, Any]:
     state_json = ckpt / TRAINER_JSON if (ckpt / TRAINER_JSON).is_file() else ckpt / LEGACY_TRAINER_JSON
     trainer_state = json.loads(state_json.read_text())
     _restore_python_rng(trainer_state.pop("python_rng", None))
+    if (ckpt / OBJECTIVE_STATE).is_file():
+        from safetensors.torch import load_file
+
+        trainer_state["objective_state"] = load_file(str(ckpt / OBJECTIVE_STATE))
     return trainer_state
 
 

@@ -44,7 +44,8 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
              device: torch.device, engine: str = "aware", ignore_eos: bool = False, dtype: str = "model",
              cuda_graphs: bool = True, vllm: Optional[VllmConfig] = None,
-             max_prompt_tokens: Optional[int] = None, merge_lora: bool = True) -> Samples:
+             max_prompt_tokens: Optional[int] = None, merge_lora: bool = True,
+             row_seeds: Optional[Sequence[int]] = None) -> Samples:
     """`num_return` responses for each prompt, all in one batch (greedy unless `do_sample`).
 
     engine=aware: `engine.generate_k` (one prefill per prompt, finished rows leave the batch; on CUDA
@@ -52,6 +53,8 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
     engine=hf: transformers' `generate` on the repeated, left-padded prompts;
     engine=vllm: the policy's vLLM engine (`vllm_sampler.py`; settings `vllm`, context from
     `max_prompt_tokens` + `max_new_tokens` unless `vllm.max_model_len` is set).
+    row_seeds: one seed per prompt (engine=aware): each prompt's draws come from its own seed, so its
+    samples do not depend on the rest of the batch (engine=hf and vllm use `seed` for the batch).
     dtype / merge_lora: the weights while sampling (`engine.sampling_weights`: a LoRA-merged and/or cast
     copy; not for vllm, which runs its own copy of the weights at `vllm.dtype`).
     """
@@ -62,17 +65,17 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], *, num_return: int,
     with sampling_weights(model, dtype, merge_lora):
         return _generate(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                          do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
-                         engine=engine, ignore_eos=ignore_eos, cuda_graphs=cuda_graphs)
+                         engine=engine, ignore_eos=ignore_eos, cuda_graphs=cuda_graphs, row_seeds=row_seeds)
 
 
 def _generate(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed, device,
-              engine, ignore_eos, cuda_graphs) -> Samples:
+              engine, ignore_eos, cuda_graphs, row_seeds=None) -> Samples:
     if engine == "aware":
         flat = generate_k(model, prompts, num_return, max_new_tokens=max_new_tokens,
                           eos_ids=[] if ignore_eos else eos_token_ids(model, tokenizer),
                           pad_id=tokenizer.pad_token_id, device=device,
                           temperature=temperature if do_sample else 0.0, top_p=top_p, seed=seed,
-                          cuda_graphs=cuda_graphs)
+                          cuda_graphs=cuda_graphs, row_seeds=row_seeds)
         return _group(tokenizer, flat, num_return)
     return _generate_hf(model, tokenizer, prompts, num_return=num_return, max_new_tokens=max_new_tokens,
                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, device=device,
@@ -123,12 +126,14 @@ def _generate_hf(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sa
 
 
 def sample(model, tokenizer, prompts: Sequence[List[int]], k: int, cfg: SamplingConfig, *, seed: int,
-           device: torch.device, max_prompt_tokens: Optional[int] = None) -> Samples:
+           device: torch.device, max_prompt_tokens: Optional[int] = None,
+           row_seeds: Optional[Sequence[int]] = None) -> Samples:
     """ŷ_1..ŷ_k ~ π_θ(·|x) for every prompt (temperature / top-p / engine from the recipe).
 
     `max_prompt_tokens` (data.max_prompt_tokens) sizes vLLM's context when sampling.engine=vllm.
+    `row_seeds`: one seed per prompt (see `generate`).
     """
     return generate(model, tokenizer, prompts, num_return=k, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                     temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, device=device, engine=cfg.engine,
                     ignore_eos=cfg.ignore_eos, dtype=cfg.dtype, cuda_graphs=cfg.cuda_graphs, vllm=cfg.vllm,
-                    max_prompt_tokens=max_prompt_tokens, merge_lora=cfg.merge_lora)
+                    max_prompt_tokens=max_prompt_tokens, merge_lora=cfg.merge_lora, row_seeds=row_seeds)

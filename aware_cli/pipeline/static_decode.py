@@ -104,19 +104,21 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def generate_k_static(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
                       pad_id: int, device: torch.device, temperature: float = 1.0, top_p: float = 1.0,
                       seed: Optional[int] = None, use_graph: Optional[bool] = None,
-                      check_every: int = 8) -> List[List[int]]:
+                      check_every: int = 8, row_seeds: Optional[Sequence[int]] = None) -> List[List[int]]:
     """Token lists (EOS included when produced) for each prompt's k samples, prompt-major: [b*k + j].
 
     Same contract and sampler as `engine.generate_k`. `use_graph`: None = on CUDA devices.
     """
-    from aware_cli.pipeline.engine import sample_next  # the shared sampler
+    from aware_cli.pipeline.engine import row_uniforms, sample_next  # the shared sampler
 
     use_graph = device.type == "cuda" if use_graph is None else use_graph
     was_training = model.training
     model.eval()
     try:
-        generator = None
-        if seed is not None and temperature > 0:
+        generator = uniforms = None
+        if row_seeds is not None and temperature > 0:
+            uniforms = row_uniforms(row_seeds, k, max_new_tokens, device)
+        elif seed is not None and temperature > 0:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
         dtype = model.get_input_embeddings().weight.dtype  # the hidden states' (LoRA weights may be float32)
@@ -159,7 +161,7 @@ def generate_k_static(model, prompts: Sequence[List[int]], k: int, *, max_new_to
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         produced = 0
         for step in range(max_new_tokens):
-            tokens = sample_next(logits, temperature, top_p, generator)
+            tokens = sample_next(logits, temperature, top_p, generator, None if uniforms is None else uniforms[:, step])
             tokens_out[:, step] = tokens
             done |= torch.isin(tokens, eos)
             produced = step + 1

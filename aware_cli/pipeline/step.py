@@ -15,7 +15,7 @@ import torch
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
 from aware_cli.pipeline import fsdp
-from aware_cli.pipeline.distributed import Ranks, gather, sum_gradients, sum_value
+from aware_cli.pipeline.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
 from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, gate_group, sample_weights,
                                      update_dual)
 from aware_cli.pipeline.sample import sample
@@ -23,7 +23,7 @@ from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
 from aware_cli.pipeline.update import (UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step,
                                        compute_precision)
-from aware_cli.pipeline.verify import check_none_share, verifier_stats, verify
+from aware_cli.pipeline.verify import check_none_share, count_none, verifier_stats, verify
 
 
 @dataclass
@@ -44,10 +44,11 @@ class Policy:
     rejected_ids: Dict[str, List[int]] = field(default_factory=dict)  # offline pairs: id -> rejected response ids
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
-    precision: str = "fp32"  # trainer.precision, resolved: fp32 | bf16 | mixed (bf16 autocast)
-    anchors_per_step: int = 0  # data.anchors.per_step when anchors are in use
     state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
     timings: Dict[str, float] = field(default_factory=dict)
+    updates: int = 0  # optimizer steps taken (skipped ones included): the step whose weights the model holds
+    precision: str = "fp32"  # trainer.precision, resolved: fp32 | bf16 | mixed (bf16 autocast)
+    anchors_per_step: int = 0  # data.anchors.per_step when anchors are in use
 
 
 def refusal_for(example_id: str, seed: int, count: int) -> int:
@@ -67,11 +68,19 @@ def written_refusals(policy: Policy, abstained: List[Example]) -> Dict[str, List
             for ex, text in zip(abstained, texts) if text}
 
 
+def batch_positions(local: int, ranks: Ranks) -> List[int]:
+    """Positions in the step's global batch of this rank's `local` inputs (`distributed.shard` takes every world-th)."""
+    return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
+
+
 def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """Run one optimizer step on `batch` (this rank's share of the step's prompts).
 
     Returns (this rank's per-input records for samples.jsonl, step-wide scalars); `summarize`
-    turns the records of every rank plus the scalars into the step's metrics.
+    turns the records of every rank plus the scalars into the step's metrics. The weights change
+    only in the optimizer step (`policy.updates` counts them): an exception before it leaves the
+    state of the previous step. Under torchrun every rank decides together (`agree`) after
+    stages 1-3 and before the gradients are reduced, so a failure on one rank stops them all.
     """
     cfg, k, B = policy.cfg, policy.cfg.k, cfg_batch(policy)
     local = len(batch)
@@ -80,51 +89,76 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     sampled = objective not in NO_SAMPLING and not offline
     prompts = [policy.prompt_ids[ex.id] for ex in batch]
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
+    # each prompt samples from its own seed, by its place in the global batch: the same draws on any rank
+    row_seeds = [seed * 65_537 + position for position in batch_positions(local, policy.ranks)]
     t0 = time.perf_counter()
     sharded = fsdp.is_sharded(policy.model)
-    if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
-        fsdp.unshard(policy.model)
-
-    # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
     sample_ids: List[List[List[int]]] = [[] for _ in batch]
     texts: List[List[str]] = [[] for _ in batch]
     generated = 0
-    if sampled:
-        micro = max(1, local // cfg.trainer.grad_accum)
-        for start in range(0, local, micro):
-            with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
-                out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                             seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
-                             max_prompt_tokens=cfg.data.max_prompt_tokens)
-            sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
-            generated += out.num_tokens
-    t1 = time.perf_counter()
-
-    # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, each input's reference target y* (online
-    #    pairs, gate.target_check) and refusal target y_ref (abstention needs refusing to score higher)
     stats_before = verifier_stats(policy.verifier)
+    scores: List[List[Optional[float]]] = [[] for _ in batch]
+    target_scores: Optional[List[Optional[float]]] = None
+    refusal_scores: List[Optional[float]] = [None] * len(batch)
     aware = sampled and objective == "aware"
-    score_targets = sampled and ((objective in PAIRWISE and cfg.objective.pair_reference)
-                                 or (aware and cfg.gate.target_check))
-    score_refusals = aware and cfg.gate.abstain
     refusal_index = [refusal_for(ex.id, cfg.trainer.seed, len(cfg.gate.refusals)) if cfg.gate.refusals else 0
                      for ex in batch]
-    extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
-              for ex, r in zip(batch, refusal_index)]
-    judged = [group + extra for group, extra in zip(texts, extras)]
-    scored: List[List[Optional[float]]] = verify(policy.verifier, batch, judged) if sampled else [[] for _ in batch]
-    scores = [group[:len(t)] for group, t in zip(scored, texts)]
-    target_scores = [group[len(t)] for group, t in zip(scored, texts)] if score_targets else None
-    refusal_scores = [group[-1] for group in scored] if score_refusals else [None] * len(batch)
-    unjudged = check_none_share(scores, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
-    t2 = time.perf_counter()
+    t1 = t2 = t0
+    error: Optional[BaseException] = None
+    try:
+        if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
+            fsdp.unshard(policy.model)
+
+        # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
+        if sampled:
+            micro = max(1, local // cfg.trainer.grad_accum)
+            for start in range(0, local, micro):
+                with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
+                    out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
+                                 seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
+                                 max_prompt_tokens=cfg.data.max_prompt_tokens,
+                                 row_seeds=row_seeds[start:start + micro])
+                sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
+                generated += out.num_tokens
+        t1 = time.perf_counter()
+
+        # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, each input's reference target y*
+        #    (online pairs: "chosen" only if aligned; gate.target_check) and refusal target y_ref (abstention
+        #    needs refusing to score higher than the samples)
+        score_targets = sampled and ((objective in PAIRWISE and cfg.objective.pair_reference)
+                                     or (aware and cfg.gate.target_check))
+        score_refusals = aware and cfg.gate.abstain
+        extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
+                  for ex, r in zip(batch, refusal_index)]
+        if sampled:
+            scored = verify(policy.verifier, batch, [group + extra for group, extra in zip(texts, extras)])
+            scores = [group[:len(t)] for group, t in zip(scored, texts)]
+            target_scores = [group[len(t)] for group, t in zip(scored, texts)] if score_targets else None
+            if score_refusals:
+                refusal_scores = [group[-1] for group in scored]
+        t2 = time.perf_counter()
+    except Exception as e:  # noqa: BLE001 - every rank learns of it in `agree`
+        error = e
+    # every rank's counts: all ranks stop together when the step's share of None is too high
+    none, total = agree(error, policy.ranks, count_none(scores))
+    try:
+        check_none_share(none, total, cfg.verifier.max_none_frac, cfg.verifier.name, step + 1)
+    except Exception as e:
+        raise on_every_rank(e)
+    unjudged = count_none(scores)[0]  # this rank's; `summarize` adds the ranks' counts
 
     # 3. gate: μ, σ → β, regime, advantages, SFT target (y*, y_ref when abstaining, or none)
-    gates: List[GroupGate] = [
-        gate_group(s, cfg.gate, policy.dual, objective, refusal_score=r,
-                   target_score=target_scores[b] if target_scores and aware else None)
-        for b, (s, r) in enumerate(zip(scores, refusal_scores))]
-    written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.target == REFUSAL])
+    error = None
+    gates: List[GroupGate] = []
+    written: Dict[str, List[int]] = {}
+    try:
+        gates = [gate_group(s, cfg.gate, policy.dual, objective, refusal_score=r,
+                            target_score=target_scores[b] if target_scores and aware else None)
+                 for b, (s, r) in enumerate(zip(scores, refusal_scores))]
+        written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.target == REFUSAL])
+    except Exception as e:  # noqa: BLE001
+        error = e
+    agree(error, policy.ranks)
     sequences: List[WeightedSequence] = []
     sft_index: Dict[int, int] = {}
     for b, (ex, gate) in enumerate(zip(batch, gates)):
@@ -140,36 +174,51 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     t3 = time.perf_counter()
 
     # 4. update: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG], clipped AdamW step
-    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py)
+    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py; they are means over
+    #    the whole step's pairs or rows, so each rank's part adds up to the 1-process loss)
     torch.manual_seed(seed)  # dropout, if any
     extra: Dict[str, Any] = {}
-    with compute_precision(policy.precision, policy.device):  # mixed: bf16 autocast, fp32 master weights
-        if objective in PAIRWISE and offline:  # weighted by this rank's share of the B pairs (see pair_update)
-            pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id])
-                     for b, ex in enumerate(batch)]
-            value, extra = pair_update(policy, pairs, step, scale=local / B)
-            forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
-            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
-        elif objective in PAIRWISE:
-            value, extra = pairwise_update(policy, prompts, sample_ids, scores,
-                                           [policy.target_ids[ex.id] for ex in batch], target_scores, step)
-            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-        elif objective == "constrained_sft":
-            value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
-                                                  [ex.harmful for ex in batch])
-            result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-        else:
-            result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
-                                         pad_id=policy.tokenizer.pad_token_id, device=policy.device,
-                                         chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    error = None
+    result = UpdateResult(loss=0.0, loss_kl=0.0, logprobs={}, tokens=0)
+    try:
+        with compute_precision(policy.precision, policy.device):  # mixed: bf16 autocast, fp32 master weights
+            if objective in PAIRWISE and offline:
+                pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id])
+                         for b, ex in enumerate(batch)]
+                value, extra = pair_update(policy, pairs, step)
+                forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
+                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
+            elif objective in PAIRWISE:
+                value, extra = pairwise_update(policy, prompts, sample_ids, scores,
+                                               [policy.target_ids[ex.id] for ex in batch], target_scores, step)
+                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+            elif objective == "constrained_sft":
+                value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
+                                                      [ex.harmful for ex in batch])
+                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
+            else:
+                result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
+                                             pad_id=policy.tokenizer.pad_token_id, device=policy.device,
+                                             chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+    except Exception as e:  # noqa: BLE001
+        error = e
+    agree(error, policy.ranks)
     if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
+        if objective in PAIRWISE:
+            any_gradient = extra.get("pairs", 0) > 0  # the step's pairs over every rank
+        else:
+            any_gradient = sum_value(float(result.backward), policy.ranks) > 0
         fsdp.reduce_gradients(policy.model, policy.device)
+        if not any_gradient:  # fsdp2's reduce made zeros; in one process there is no gradient, so AdamW
+            for p in policy.params:  # leaves the weights (and its state) alone: drop them
+                p.grad = None
     else:
         sum_gradients(policy.params, policy.ranks)  # every rank now holds the whole batch's gradient
     loss = sum_value(result.loss, policy.ranks)
     lr = policy.scheduler.get_last_lr()[0]
     grad_norm, skipped = clip_and_step(policy.params, policy.optimizer, policy.scheduler, cfg.trainer.max_grad_norm,
                                        loss)
+    policy.updates += 1
     if cfg.gate.mode == "lagrangian":
         judged_mu = [m for part in gather([g.mu for g in gates if g.mu is not None], policy.ranks) for m in part]
         policy.dual = update_dual(policy.dual, sum(judged_mu) / len(judged_mu) if judged_mu else None, cfg.gate)
@@ -234,8 +283,8 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
         "frac_target_none": sum(r.get("target") == NO_TARGET for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
-        **{key: sum(s[key] for s in scalars) for key in ("generated", "tokens_forwarded", "sequences_forwarded")},
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),
+        **{key: sum(s[key] for s in scalars) for key in ("generated", "tokens_forwarded", "sequences_forwarded")},
         **slowest, **summed, **objective,
     }
 

@@ -7,13 +7,16 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aware_cli.config import Composed
@@ -89,8 +92,23 @@ def check_context(cfg: AwareConfig, model) -> None:
                           f"{cfg.data.max_response_tokens}) = {longest} exceeds the model's context of {context} tokens")
 
 
+def resume_command(cfg: AwareConfig, run_dir: Path) -> str:
+    """The command that continues this run from its newest checkpoint (config.yaml is the resolved config).
+
+    Keys that only the command line may turn on (`config.CLI_ONLY_KEYS`) are repeated when set.
+    """
+    from aware_cli.config.compose import cli_only_settings
+
+    extra = "".join(f" {key}=true" for key in cli_only_settings(cfg))
+    return f"aware train recipe={run_dir / 'config.yaml'} output_dir={run_dir} resume=auto{extra}"
+
+
 def run_training(composed: Composed, console: Optional[Console] = None, *, base_dir: Optional[Path] = None) -> Path:
-    """Train the recipe; returns the run directory."""
+    """Train the recipe; returns the run directory.
+
+    Rank 0 checks, creates and locks the run directory (a second run on it is refused while this
+    one holds the lock); a failure on any rank stops every rank with one message.
+    """
     cfg = composed.config
     ranks = distributed.init_ranks()
     console = console or Console()
@@ -98,10 +116,16 @@ def run_training(composed: Composed, console: Optional[Console] = None, *, base_
         console = Console(quiet=True)
     run_dir = Path(cfg.output_dir) if cfg.output_dir else rundir.default_output_dir(cfg.recipe)
     run_dir = distributed.broadcast(run_dir, ranks)
+    lock, error = None, None
     if ranks.is_main:
-        rundir.prepare(run_dir, composed.resolved, resume=cfg.resume, overwrite=cfg.overwrite)
-        rundir.set_status(run_dir, "running")
-    distributed.barrier(ranks)
+        try:
+            lock = rundir.open_run_dir(run_dir, composed.resolved, resume=cfg.resume, overwrite=cfg.overwrite)
+            rundir.set_status(run_dir, "running")
+        except Exception as e:  # noqa: BLE001 - reported on every rank by `agree`
+            error = e
+            if lock is not None:
+                lock.release()
+    distributed.agree(error, ranks)
     try:
         _train(cfg, run_dir, console, base_dir, ranks)
     except (KeyboardInterrupt, RunInterrupted):
@@ -110,12 +134,25 @@ def run_training(composed: Composed, console: Optional[Console] = None, *, base_
         raise
     except BaseException as e:
         if ranks.is_main:
-            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            saved = [p for p in rundir.list_checkpoints(run_dir) if (p / rundir.COMPLETE).is_file()]
+            resume = resume_command(cfg, run_dir) if saved else None
+            rundir.set_status(run_dir, "failed", error=_describe(e), checkpoint=str(saved[-1]) if saved else None,
+                              resume=resume)
+            if resume:
+                console.print(escape(f"run failed; its newest checkpoint is {saved[-1]}; after fixing the cause, "
+                                     f"resume with: {resume}"), highlight=False, soft_wrap=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     if ranks.is_main:
         rundir.set_status(run_dir, "completed")
     distributed.close(ranks)
     return run_dir
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, AwareError) else f"{type(e).__name__}: {e}"
 
 
 def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional[Path],
@@ -125,95 +162,113 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=f"cuda:{ranks.local_rank}"))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    torch.manual_seed(cfg.trainer.seed)
-    offline = cfg.objective.pairs_path
-    data = offline_training_data(cfg, base_dir) if offline else load_training_data(cfg.data, base_dir=base_dir)
-    train_set, eval_set = data.train, data.held_out
-    examples = train_set + eval_set
-    if main:
-        rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
-    samples = cfg.objective.name not in NO_SAMPLING and not offline
-    anchors = load_anchors(cfg.data.anchors, cfg.data, base_dir) if samples else []
-    mixed = len(data.split.get("train_ids", []))
-    console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
-                  if offline else
-                  f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
-                  f"rows from {cfg.data.path}" if mixed else
-                  f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
+    setup_error: Optional[BaseException] = None
+    try:  # every rank loads data and model; a failure on any of them stops all with one message
+        torch.manual_seed(cfg.trainer.seed)
+        offline = cfg.objective.pairs_path
+        data = offline_training_data(cfg, base_dir) if offline else load_training_data(cfg.data, base_dir=base_dir)
+        train_set, eval_set = data.train, data.held_out
+        examples = train_set + eval_set
+        if main:
+            rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
+        samples = cfg.objective.name not in NO_SAMPLING and not offline
+        anchors = load_anchors(cfg.data.anchors, cfg.data, base_dir) if samples else []
+        mixed = len(data.split.get("train_ids", []))
+        console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
+                      if offline else
+                      f"data: {len(train_set)} training ({mixed} from {cfg.data.mix.path}) / {len(eval_set)} held-out "
+                      f"rows from {cfg.data.path}" if mixed else
+                      f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
 
-    device = resolve_device(cfg.model.device)
-    precision = training_precision(cfg.trainer.precision, device)
-    model, tokenizer = load_model(cfg.model, device=device,
-                                  dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
-    trainable, total = count_parameters(model)
-    console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} parameters, "
-                  f"{precision} precision)")
-    sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
-    if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
-        # sample at the update's compute precision from a cached bf16 copy (fsdp2: under autocast instead)
-        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
-    check_context(cfg, model)
-    if anchors:  # their reference answers: the base model's, before any trained weights are loaded
-        anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
-        examples = examples + anchors
-    prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
-    rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
-    if truncated.prompts or truncated.responses:
-        console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
-                      f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
-    refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
-                   for r in cfg.gate.refusals]
+        device = resolve_device(cfg.model.device)
+        precision = training_precision(cfg.trainer.precision, device)
+        model, tokenizer = load_model(cfg.model, device=device,
+                                      dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
+        trainable, total = count_parameters(model)
+        console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} "
+                      f"parameters, {precision} precision)")
+        sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
+        if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
+            # sample at the update's compute precision from a cached bf16 copy (fsdp2: under autocast instead)
+            cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
+        check_context(cfg, model)
+        if anchors:  # their reference answers: the base model's, before any trained weights are loaded
+            anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
+            examples = examples + anchors
+        prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
+        rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
+        if truncated.prompts or truncated.responses:
+            console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
+                          f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
+        refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
+                       for r in cfg.gate.refusals]
 
-    ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
-    if ckpt is not None:  # into the whole model, before any sharding
-        load_trainable_state(model, ckpt)
-    if sharded:
-        fsdp.check_config(cfg)
-        layers = fsdp.shard_model(model, device)
-        console.print(f"fsdp2: {layers} decoder layers and the root module sharded over {ranks.world} ranks")
-    params = trainable_parameters(model)
-    optimizer = build_optimizer(params, cfg.trainer)
-    scheduler = build_scheduler(optimizer, cfg.trainer)
-    verifier_cfg = cfg.verifier
-    if verifier_cfg.device == "auto":  # the verifier's own model shares the policy's device unless told otherwise
-        verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-    verifier = build_verifier(verifier_cfg)
-    if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
-        raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write refusals "
-                          f"(guard_lm and http_judge can); use gate.refusal_source=template")
-    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
-                    optimizer=optimizer, scheduler=scheduler, params=params, device=device, prompt_ids=prompt_ids,
-                    target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
-                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
-                    precision=precision, anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
+        ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
+        if ckpt is not None:  # into the whole model, before any sharding
+            load_trainable_state(model, ckpt)
+        if sharded:
+            fsdp.check_config(cfg)
+            layers = fsdp.shard_model(model, device)
+            console.print(f"fsdp2: {layers} decoder layers and the root module sharded over {ranks.world} ranks")
+        params = trainable_parameters(model)
+        optimizer = build_optimizer(params, cfg.trainer)
+        scheduler = build_scheduler(optimizer, cfg.trainer)
+        verifier_cfg = cfg.verifier
+        if verifier_cfg.device == "auto":  # the verifier's model shares the policy's device unless told otherwise
+            verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
+        verifier = build_verifier(verifier_cfg)
+        if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
+            raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
+                              f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
+        policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
+                        optimizer=optimizer, scheduler=scheduler, params=params, device=device,
+                        prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
+                        dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
+                        precision=precision, anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
 
-    start = 0
-    for warning in warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    if ckpt is not None:
-        state = rundir.load_training_state(ckpt, fsdp.UnshardedOptimizer(model, optimizer) if sharded else optimizer,
-                                           scheduler)
-        start, policy.dual = state["step"], state["dual"]
-        console.print(f"resumed from {ckpt} at step {start}")
-    if main:
-        rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
-        rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
-    monitor = RunMonitor(cfg, run_dir, console, main=main, start=start)
-    monitor.prepare_suites(tokenizer, eval_set, prompt_ids, data.split, device)
+        start = 0
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        if ckpt is not None:
+            optim = fsdp.UnshardedOptimizer(model, optimizer) if sharded else optimizer
+            state = rundir.load_training_state(ckpt, optim, scheduler)
+            start, policy.dual = state["step"], state["dual"]
+            policy.state = unpack_objective_state(state.get("objective_state"), params)
+            console.print(f"resumed from {ckpt} at step {start}")
+            if main:  # checkpoints after `start` (and final/) belong to the timeline this resume abandons
+                dropped = rundir.drop_later_checkpoints(run_dir, start)
+                if (run_dir / "final").is_dir() and start < cfg.trainer.max_steps:
+                    shutil.rmtree(run_dir / "final")
+                    dropped.append(f"removed {run_dir / 'final'}: it is rewritten when this run completes")
+                for message in dropped:
+                    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        policy.updates = start
+        if main:
+            rundir.remove_temporaries(run_dir)
+            rundir.truncate_jsonl(run_dir / "metrics.jsonl", start)
+            rundir.truncate_jsonl(run_dir / "samples.jsonl", start)
+        monitor = RunMonitor(cfg, run_dir, console, main=main, start=start)
+        monitor.prepare_suites(tokenizer, eval_set, prompt_ids, data.split, device)
+    except Exception as e:  # noqa: BLE001 - reported on every rank by `agree`
+        setup_error = e
+    distributed.agree(setup_error, ranks)
 
     base = base_model_path(cfg.model)
 
     def save_weights(path: Path, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
         save_model(model, tokenizer, path, base_model_path=base, state_dict=state)
 
-    def checkpoint(done: int) -> Path:
+    def checkpoint(done: int, rng: Optional[Dict[str, Any]] = None,
+                   objective_state: Optional[Dict[str, Any]] = None) -> Path:
         path = run_dir / "checkpoints" / f"step-{done}"
         # fsdp2: every rank joins in gathering whole weights and optimizer state for rank 0
         weights = fsdp.full_model_state(model) if sharded else None
         optim = fsdp.UnshardedOptimizer(model, optimizer).gather() if sharded else optimizer
         if main:  # every rank holds the same weights: rank 0 writes them
             rundir.save_checkpoint(run_dir, done, lambda p: save_weights(p, weights), optim, scheduler,
-                                   {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last)
+                                   {"step": done, "dual": policy.dual}, keep_last=cfg.trainer.keep_last, rng=rng,
+                                   objective_state=pack_objective_state(
+                                       policy.state if objective_state is None else objective_state))
         distributed.barrier(ranks)
         return path
 
@@ -228,55 +283,98 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
 
     model.train()
     nonfinite_in_a_row = 0
-    with monitor.trackers() as tb, \
-            opened("metrics.jsonl") as metrics_file, opened("samples.jsonl") as samples_file, \
-            _progress(console) as progress, StopSignals() as stop:
-        task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
-        for step in range(start, cfg.trainer.max_steps):
-            rows = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size, cfg.trainer.seed)]
-            if anchors:
-                rows += [anchors[i] for i in anchors_for_step(step, len(anchors), policy.anchors_per_step,
-                                                              cfg.trainer.seed)]
-            batch = distributed.shard(rows, ranks)
-            records, scalars = train_step(policy, batch, step)
-            records = [r for part in distributed.gather(records, ranks) for r in part]
-            metrics = summarize(records, distributed.gather(scalars, ranks))
-            done = step + 1
-            evaluated = (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps
-            if evaluated:
-                with fsdp.gathered(model):  # fsdp2: every rank joins the all-gather, rank 0 evaluates
-                    if main:
-                        metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids, target_ids,
-                                                cfg.eval, device))
-                        metrics.update(monitor.suites(model))
-            if main:
-                _log(metrics, records, metrics_file, samples_file, tb)
-            if evaluated:
-                monitor.after_evaluation(tb, done)
-                if distributed.broadcast(monitor.improves(metrics), ranks):
-                    save_best()
-            nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
-            if metrics["skipped"]:
-                console.print(f"[yellow]warning:[/] step {done}: non-finite loss or gradient, update skipped")
-            if nonfinite_in_a_row >= cfg.trainer.max_nonfinite_steps:
-                raise NumericalError(f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
-                                     f"(up to step {done}); lower trainer.lr or check the data "
-                                     f"(trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps})")
-            if cfg.trainer.save_every and done % cfg.trainer.save_every == 0 and done < cfg.trainer.max_steps:
-                checkpoint(done)
-            progress.update(task, advance=1, info=_progress_info(metrics))
-            if done % cfg.trainer.log_every == 0 and not console.is_terminal:
-                console.print(f"step {done}/{cfg.trainer.max_steps} {_progress_info(metrics)}")
-            if distributed.broadcast(stop.signal_name, ranks) and done < cfg.trainer.max_steps:
-                saved = checkpoint(done)
-                raise RunInterrupted(f"stopped by {stop.signal_name} after step {done}; checkpoint {saved}; resume "
-                                     f"with: aware train recipe={cfg.recipe} output_dir={run_dir} resume=auto")
+    # `sound`: the weights, optimizer and objective state are those after `sound` steps, every one of
+    # them logged; a failure then leaves a state worth a checkpoint (see `_save_on_failure`)
+    sound, saved = start, start
+    rng, state_before = rundir.rng_snapshot(), dict(policy.state)
+    try:
+        with monitor.trackers() as tb, opened("metrics.jsonl") as metrics_file, opened("samples.jsonl") as samples_file, \
+                _progress(console) as progress, StopSignals() as stop:
+            task = progress.add_task("train", total=cfg.trainer.max_steps, completed=start, info="")
+            for step in range(start, cfg.trainer.max_steps):
+                rng, state_before = rundir.rng_snapshot(), dict(policy.state)
+                rows = [train_set[i] for i in batch_for_step(step, len(train_set), cfg.trainer.batch_size,
+                                                             cfg.trainer.seed)]
+                if anchors:
+                    rows += [anchors[i] for i in anchors_for_step(step, len(anchors), policy.anchors_per_step,
+                                                                  cfg.trainer.seed)]
+                batch = distributed.shard(rows, ranks)
+                records, scalars = train_step(policy, batch, step)
+                records = [r for part in distributed.gather(records, ranks) for r in part]
+                metrics = summarize(records, distributed.gather(scalars, ranks))
+                done = step + 1
+                evaluated = (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.trainer.max_steps
+                if evaluated:
+                    with fsdp.gathered(model):  # fsdp2: every rank joins the all-gather, rank 0 evaluates
+                        if main:
+                            metrics.update(evaluate(model, tokenizer, policy.verifier, eval_set, prompt_ids,
+                                                    target_ids, cfg.eval, device))
+                            metrics.update(monitor.suites(model))
+                if main:
+                    _log(metrics, records, metrics_file, samples_file, tb)
+                if evaluated:
+                    monitor.after_evaluation(tb, done)
+                    if distributed.broadcast(monitor.improves(metrics), ranks):
+                        save_best()
+                sound, rng = done, None  # the state after this step is complete and logged
+                nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics["skipped"] else 0
+                if metrics["skipped"]:
+                    console.print(f"[yellow]warning:[/] step {done}: non-finite loss or gradient, update skipped")
+                if nonfinite_in_a_row >= cfg.trainer.max_nonfinite_steps:
+                    raise distributed.on_every_rank(NumericalError(
+                        f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient (up to step {done}); "
+                        f"lower trainer.lr or check the data "
+                        f"(trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps})"))
+                if cfg.trainer.save_every and done % cfg.trainer.save_every == 0 and done < cfg.trainer.max_steps:
+                    checkpoint(done)
+                    saved = done
+                progress.update(task, advance=1, info=_progress_info(metrics))
+                if done % cfg.trainer.log_every == 0 and not console.is_terminal:
+                    console.print(f"step {done}/{cfg.trainer.max_steps} {_progress_info(metrics)}")
+                if distributed.broadcast(stop.signal_name, ranks) and done < cfg.trainer.max_steps:
+                    saved_path = checkpoint(done)
+                    saved = done
+                    raise RunInterrupted(f"stopped by {stop.signal_name} after step {done}; checkpoint {saved_path}; "
+                                         f"resume with: {resume_command(cfg, run_dir)}")
+    except Exception as e:
+        # a failure inside a step before its optimizer update (the verifier, the None share, out of memory,
+        # a full disk) leaves the state of `sound` steps: keep it. After the update but before the step was
+        # logged it does not (the weights are a step ahead of metrics.jsonl): nothing is saved then.
+        consistent = policy.updates == sound and sound > saved
+        if consistent and (not ranks.enabled or distributed.is_on_every_rank(e)):
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                path = checkpoint(sound, rng=rng, objective_state=state_before if rng is not None else None)
+            except Exception as save_error:  # noqa: BLE001 - e.g. the disk is full: report the original error
+                console.print(f"[yellow]warning:[/] could not save step {sound} after the failure: "
+                              f"{escape(_describe(save_error))}", highlight=False, soft_wrap=True)
+            else:
+                console.print(escape(f"saved the last completed step: {path}"), highlight=False, soft_wrap=True)
+        raise
     final = checkpoint(cfg.trainer.max_steps)
     weights = fsdp.full_model_state(model) if sharded else None
     if main:
         final_dir = rundir.write_dir_atomic(run_dir / "final", lambda p: save_weights(p, weights))
         console.print(f"final weights: {final_dir} (checkpoint {final.name})")
     distributed.barrier(ranks)
+
+
+def pack_objective_state(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The objective's tensors for the checkpoint: shapo's saliency mask as `saliency_mask.<i>` (uint8)."""
+    mask = state.get("saliency_mask")
+    if mask is None:
+        return {}
+    return {f"saliency_mask.{i}": m.detach().to(torch.uint8) for i, m in enumerate(mask)}
+
+
+def unpack_objective_state(tensors: Optional[Dict[str, torch.Tensor]], params) -> Dict[str, Any]:
+    """`pack_objective_state` inverted onto the trainable parameters (their shapes, dtypes, devices)."""
+    if not tensors:
+        return {}
+    mask = [tensors[f"saliency_mask.{i}"].to(device=p.device, dtype=p.dtype) for i, p in enumerate(params)]
+    if any(m.shape != p.shape for m, p in zip(mask, params)):
+        raise ConfigError("resume: the checkpoint's saliency mask does not match the model's trainable parameters")
+    return {"saliency_mask": mask}
 
 
 def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], run_dir: Path,
@@ -323,16 +421,26 @@ class NumericalError(AwareError):
 
 
 class StopSignals:
-    """Turn SIGINT/SIGTERM into a request to stop after the current step (a second signal stops at once)."""
+    """Turn SIGINT/SIGTERM into a request to stop after the current step (a second signal stops at once).
+
+    A repeat within `same_request_s` of the first counts as the same request: Ctrl-C under
+    `trainer.nproc` reaches a worker twice (from the terminal and forwarded by the launcher).
+    """
+
+    same_request_s = 2.0
 
     def __init__(self) -> None:
         self.signal_name: Optional[str] = None
+        self._first = 0.0
         self._previous: Dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signal_name is not None:  # asked twice: stop now
+            if time.monotonic() - self._first < self.same_request_s:
+                return
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
+        self._first = time.monotonic()
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():

@@ -39,6 +39,7 @@ class UpdateResult:
     loss_kl: float
     logprobs: Dict[int, float]  # index in `sequences` -> its length-normalised log-prob (forwarded ones only)
     tokens: int  # non-padding tokens forwarded
+    backward: bool = True  # a gradient was accumulated (False: every weight was 0, nothing back-propagated)
 
 
 def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples: int, pad_id: int,
@@ -50,7 +51,7 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
     """
     active = [i for i, s in enumerate(sequences) if s.weight != 0.0 or (kl_coef > 0 and s.is_sample)]
     logprobs: Dict[int, float] = {}
-    loss_value, kl_value, tokens = 0.0, 0.0, 0
+    loss_value, kl_value, tokens, backward = 0.0, 0.0, 0, False
     for start in range(0, len(active), chunk):
         index = active[start:start + chunk]
         part = [sequences[i] for i in index]
@@ -64,10 +65,11 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
             kl_value += float(kl.detach())
         if loss.requires_grad:
             loss.backward()
+            backward = True
         loss_value += float(loss.detach())
         tokens += int(mask.sum()) + sum(len(s.prompt) for s in part)
         logprobs.update(zip(index, lp.detach().tolist()))
-    return UpdateResult(loss=loss_value, loss_kl=kl_value, logprobs=logprobs, tokens=tokens)
+    return UpdateResult(loss=loss_value, loss_kl=kl_value, logprobs=logprobs, tokens=tokens, backward=backward)
 
 
 def _k3_kl(model, part, logp, mask, pad_id, device) -> torch.Tensor:

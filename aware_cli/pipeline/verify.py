@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from aware_cli.data import Example
 from aware_cli.verifiers import VerifierError
@@ -42,10 +42,16 @@ def verifier_stats(verifier) -> Dict[str, float]:
     return out
 
 
-def check_none_share(scores: Sequence[Sequence[Optional[float]]], limit: float, name: str, step: int) -> int:
-    """Count unjudged scores; abort the run when their share exceeds `verifier.max_none_frac`."""
-    total = sum(len(group) for group in scores)
-    none = sum(s is None for group in scores for s in group)
+def count_none(scores: Sequence[Sequence[Optional[float]]]) -> Tuple[int, int]:
+    """(unjudged scores, all scores) of a step's [B][k] scores."""
+    return sum(s is None for group in scores for s in group), sum(len(group) for group in scores)
+
+
+def check_none_share(none: int, total: int, limit: float, name: str, step: int) -> int:
+    """Abort the run when the step's share of unjudged scores exceeds `verifier.max_none_frac`; returns `none`.
+
+    Under torchrun `none` and `total` are the counts of every rank, so every rank decides alike.
+    """
     if total and none / total > limit:
         raise VerifierError(f"verifier {name!r} could not judge {none} of {total} responses at step {step} "
                             f"({none / total:.0%} > verifier.max_none_frac={limit}); check the verifier "

@@ -10,7 +10,8 @@ from aware_cli.verifiers.refusal import REFUSAL_PATTERNS, build_refusal_verifier
 from aware_cli.verifiers.harm import build_harm_verifier
 from aware_cli.verifiers.truthfulness import build_truthfulness_verifier
 from aware_cli.verifiers.hf_classifier import build_classifier_verifier
-from aware_cli.verifiers.guard_lm import build_guard_verifier, likert_to_score, parse_likert, parse_verdict
+from aware_cli.verifiers.guard_lm import (build_guard_verifier, likert_to_score, parse_rating, parse_score_answer,
+                                          parse_tagged_score, parse_verdict)
 from aware_cli.verifiers.http_judge import build_http_judge, rubric_path
 from aware_cli.verifiers.composite import build_composite_verifier
 from aware_cli.verifiers.disk_cache import NONE_SCORE, DiskCache, verifier_identity
@@ -28,7 +29,9 @@ __all__ = [
     "build_guard_verifier",
     "build_http_judge",
     "likert_to_score",
-    "parse_likert",
+    "parse_rating",
+    "parse_score_answer",
+    "parse_tagged_score",
     "parse_verdict",
     "build_python_verifier",
     "build_refusal_verifier",

@@ -17,13 +17,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import numbers
+import sqlite3
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import AwareError, ConfigError
+
+log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Sequence[Optional[float]]]
 Factory = Callable[[VerifierConfig], Union["Verifier", RewardFn]]
@@ -62,8 +66,16 @@ def build_verifier(cfg: VerifierConfig) -> "Verifier":
     if cfg.cache_dir and cfg.name != "composite":
         from aware_cli.verifiers.disk_cache import DiskCache, verifier_identity
 
-        built.attach_disk_cache(DiskCache(cfg.cache_dir), verifier_identity(cfg))
+        try:
+            built.attach_disk_cache(DiskCache(cfg.cache_dir), verifier_identity(cfg))
+        except DISK_ERRORS as exc:  # a corrupt file, a read-only or full disk: score without the cache
+            built.disk_cache_failed(exc)
     return built
+
+
+# What an on-disk cache can raise that must not stop a run: SQLite errors (corrupt file, disk full, locking on a
+# network file system) and OS errors (permissions, disk full).
+DISK_ERRORS = (sqlite3.Error, OSError)
 
 
 class Verifier:
@@ -95,6 +107,15 @@ class Verifier:
         self._disk, self._identity = disk, identity
         self.stats["disk_hits"] = 0
 
+    def disk_cache_failed(self, exc: BaseException) -> None:
+        """The on-disk cache failed (`DISK_ERRORS`): warn once and score without it from now on."""
+        where = getattr(self._disk, "path", None)
+        self._disk = None
+        self.stats["disk_errors"] = self.stats.get("disk_errors", 0) + 1
+        if self.stats["disk_errors"] == 1:
+            log.warning("verifier %s: the score cache%s failed (%s: %s); continuing without it", self.name,
+                        f" {where}" if where else "", type(exc).__name__, exc)
+
     def __repr__(self) -> str:
         return f"Verifier(name={self.name!r}, batch_size={self.batch_size}, cache={self.cache_enabled})"
 
@@ -121,7 +142,10 @@ class Verifier:
         todo = self._indices_to_score(keys, scores)
         disk_keys: Dict[int, str] = {}
         if self._disk is not None and todo:
-            todo, disk_keys = self._from_disk(todo, prompts, completions, per_item, shared, scores, keys)
+            try:
+                todo, disk_keys = self._from_disk(todo, prompts, completions, per_item, shared, scores, keys)
+            except DISK_ERRORS as exc:
+                self.disk_cache_failed(exc)
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
             for i, score in zip(batch, self._score_batch(prompts, completions, per_item, shared, batch)):
@@ -130,8 +154,11 @@ class Verifier:
                     self._cache[keys[i]] = score
         if self.cache_enabled:
             self._fill_duplicates(keys, scores, todo)
-        if disk_keys:
-            self._disk.put_many([(disk_keys[i], scores[i]) for i in todo])
+        if disk_keys and self._disk is not None:
+            try:
+                self._disk.put_many([(disk_keys[i], scores[i]) for i in todo])
+            except DISK_ERRORS as exc:
+                self.disk_cache_failed(exc)
 
         self.stats["none"] += sum(score is None for score in scores)
         return scores

@@ -2,7 +2,8 @@
 
 `verifier.composite.components` is a list of verifier configs (the keys of `verifier`, e.g.
 `{name: refusal, aligned_when: label}`), each with an optional `weight` (default 1). A component
-inherits `batch_size`, `cache`, `cache_dir` and `device` from the composite unless it sets them.
+inherits `batch_size`, `cache`, `cache_dir` and `device` from the composite unless it sets them, and
+always takes `verifier.http.allow_any_key_env` from the composite (a command-line-only switch).
 
 - `reduce=mean`: the weighted mean over the components that returned a number for that
   response (components returning None are left out; all None → None);
@@ -49,6 +50,10 @@ def component_configs(cfg: VerifierConfig) -> List[Tuple[VerifierConfig, float]]
             raise ConfigError(f"{prefix}name: each component needs a verifier name")
         for key in INHERITED_KEYS:
             values.setdefault(key, getattr(cfg, key))
+        # a command-line-only switch: the composite's own value (from the command line), never the component's
+        http = values.get("http")
+        values["http"] = {**(http if isinstance(http, dict) else {}),
+                          "allow_any_key_env": cfg.http.allow_any_key_env}
         out.append((build(VerifierConfig, values, prefix=prefix), float(weight)))
     if not any(w > 0 for _, w in out):
         raise ConfigError("verifier.composite.components: every weight is 0; give at least one a positive weight")

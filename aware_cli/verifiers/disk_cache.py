@@ -51,8 +51,8 @@ BLOCKS = {"refusal": ("harm",), "python": (), "harm": ("harm",), "truthfulness":
           "hf_classifier": ("classifier",), "guard_lm": ("guard",), "http_judge": ("http",),
           "composite": ("composite",)}
 # verifier.http fields about transport only.
-HTTP_TRANSPORT_FIELDS = frozenset({"api_key_env", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
-                                   "concurrency", "verify_tls"})
+HTTP_TRANSPORT_FIELDS = frozenset({"api_key_env", "allow_any_key_env", "timeout_s", "max_retries", "backoff_s",
+                                   "max_backoff_s", "max_retry_after_s", "concurrency", "verify_tls"})
 # Block fields that name local files or model directories whose contents change scores.
 PATH_FIELDS = {("classifier", "model"), ("guard", "model"), ("harm", "encoder"), ("harm", "heads"),
                ("truthfulness", "encoder")}

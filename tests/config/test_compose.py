@@ -102,3 +102,21 @@ def test_readme_config_reference_is_up_to_date(project_root):
     script = project_root / "scripts" / "gen_config_reference.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_trust_remote_code_only_from_the_command_line(tmp_path):
+    from aware_cli.config.schema import EvalRunConfig
+
+    assert compose("smoke", ["model.trust_remote_code=true"]).config.model.trust_remote_code is True
+    assert compose("advbench", ["model.trust_remote_code=true"], schema=EvalRunConfig,
+                   subdir="eval").config.model.trust_remote_code is True
+    recipe = tmp_path / "remote.yaml"
+    recipe.write_text("model:\n  name_or_path: someone/model\n  trust_remote_code: true\n")
+    with pytest.raises(ConfigError, match="model.trust_remote_code: only the command line"):
+        compose(str(recipe))
+    group = tmp_path / "remote_model.yaml"  # a config-group file is a file too
+    group.write_text("name_or_path: tiny\ntrust_remote_code: true\n")
+    with pytest.raises(ConfigError, match="model.trust_remote_code: only the command line"):
+        compose("smoke", [f"model={group}"])
+    assert compose(str(recipe), ["model.trust_remote_code=true"]).config.model.trust_remote_code is True
+    assert compose(str(recipe), ["model.trust_remote_code=false"]).config.model.trust_remote_code is False

@@ -45,13 +45,61 @@ def test_task_bertscore_with_packaged_encoder(tmp_path, in_project_root):
     assert 0.0 < metrics["bertscore_f1"] <= 1.0
 
 
-def test_eval_of_a_run_directory_applies_its_adapter(tmp_path, in_project_root):
-    train = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={tmp_path / 'run'}", "trainer.max_steps=1",
-                                     "eval.every=0"])
+def test_eval_of_a_run_directory_applies_its_adapter(tmp_path, in_project_root, monkeypatch):
+    """The model `aware eval model=<run dir>` generates with is the run's base plus its final/ adapter."""
+    import torch
+    from peft import PeftModel
+
+    import aware_cli.eval.runner as eval_runner
+    from aware_cli.config import compose
+    from aware_cli.models import load_model
+
+    run_dir = tmp_path / "run"
+    train = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={run_dir}", "trainer.max_steps=2",
+                                     "eval.every=0", "trainer.lr=0.05"])
     assert train.exit_code == 0, train.output
-    result = run("advbench", f"model={tmp_path / 'run'}", "limit=2", "generation.max_new_tokens=4")
+    used = {}
+    real = eval_runner.load_for_eval
+
+    def spy(cfg):
+        model, tokenizer, found = real(cfg)
+        used.update(model=model, run_dir=found)
+        return model, tokenizer, found
+
+    monkeypatch.setattr(eval_runner, "load_for_eval", spy)
+    result = run("advbench", f"model={run_dir}", "limit=2", "generation.max_new_tokens=4")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "eval" / "advbench" / "metrics.json").exists()
+    assert (run_dir / "eval" / "advbench" / "metrics.json").exists() and used["run_dir"] == run_dir
+    base, _ = load_model(compose("smoke").config.model, for_training=False)
+    expected = PeftModel.from_pretrained(base, str(run_dir / "final")).eval()
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        got, want = used["model"](input_ids=ids).logits, expected(input_ids=ids).logits
+        with expected.disable_adapter():
+            plain = expected(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3  # the adapter changes the model: the check above can fail
+
+
+def test_eval_of_a_run_directory_never_inherits_trust_remote_code(tmp_path, in_project_root):
+    """A run's config.yaml saying trust_remote_code: true does not turn it on for `aware eval model=<run>`."""
+    import yaml
+
+    from aware_cli.config.schema import ModelConfig
+    from aware_cli.models.trained import resolve_trained
+
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={run_dir}", "trainer.max_steps=1",
+                                    "eval.every=0"]).exit_code == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"]["trust_remote_code"] = True  # e.g. a run directory someone else made
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    base, adapter, found = resolve_trained(ModelConfig(name_or_path=str(run_dir)))
+    assert found == run_dir and adapter == run_dir / "final" and base.trust_remote_code is False
+    base, _, _ = resolve_trained(ModelConfig(name_or_path=str(run_dir), trust_remote_code=True))  # the command line
+    assert base.trust_remote_code is True
+    checkpoint = run_dir / "checkpoints" / "step-1"
+    assert resolve_trained(ModelConfig(name_or_path=str(checkpoint)))[0].trust_remote_code is False
 
 
 def test_compare_two_evaluations(tmp_path, in_project_root):

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from aware_cli.cli import app
 from aware_cli.config.schema import AwareConfig, DataConfig, ObjectiveConfig
+from aware_cli.pipeline.distributed import Ranks
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import offline_training_data, pair_update
 
@@ -54,7 +55,7 @@ def test_offline_training_data_keeps_history_and_rejected_and_applies_data_keys(
     assert data.split["task_heldout_ids"] == ["0"]
 
 
-# ---------------------------------------------------------------------------- pair_update's scale
+# ---------------------------------------------------------------------------- pair_update over ranks
 
 
 def _policy(name):
@@ -69,22 +70,71 @@ def _policy(name):
     params = [p for p in model.parameters() if p.requires_grad]
     cfg = AwareConfig(objective=ObjectiveConfig(name=name, saliency_top_p=0.5))
     return SimpleNamespace(cfg=cfg, model=model.eval(), tokenizer=SimpleNamespace(pad_token_id=0),
-                           device=torch.device("cpu"), params=params, state={})
+                           device=torch.device("cpu"), params=params, state={}, ranks=Ranks())
 
 
-@pytest.mark.parametrize("name", ["dpo", "gapo", "shapo"])
-def test_pair_update_scales_value_and_gradient_by_the_rank_share(name):
-    """Under torchrun each rank passes its share of the B pairs: the sums over ranks are the global mean."""
+PAIRS = [Pair([5, 6, 7], [20, 21, 22], [30, 31]), Pair([8, 9], [40], [41, 42, 43]),
+         Pair([10, 11, 12, 13], [23, 24], [25]), Pair([14], [26, 27, 28], [29, 32])]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = [("dpo", [[0, 1, 2], [3]]), ("gapo", [[0, 1, 2], [3]]), ("shapo", [[0, 1, 2], [3]]),
+         ("gapo", [[0, 1, 2, 3], []]), ("shapo", [[], [0, 1, 2, 3]])]
+
+
+def _pair_update_on_rank(rank, world, port, out):
+    """One gloo rank: pair_update on this rank's share of PAIRS for every case; values and local gradients saved."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for case, (name, shares) in enumerate(CASES):
+            policy = _policy(name)
+            policy.ranks = Ranks(rank=rank, world=world)
+            value, info = pair_update(policy, [PAIRS[i] for i in shares[rank]], 0)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in policy.params]
+            torch.save({"value": value, "grads": grads, "pairs": info["pairs"]},
+                       os.path.join(out, f"{case}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every case of CASES run once on 2 gloo ranks (one spawn: the processes are slow to start)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ranks")
+    mp.start_processes(_pair_update_on_rank, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{n}-{len(s[0])}+{len(s[1])}" for n, s in CASES])
+def test_pair_update_over_two_ranks_adds_up_to_one_process(case, two_ranks):
+    """2 gloo ranks, uneven shares (one may have no pair): the summed values and gradients are the 1-process ones.
+
+    gapo's anchor gradient and softmax weights and shapo's saliency mask and perturbation couple the
+    pairs; each is taken over every rank's pairs, so the result does not depend on the split.
+    """
+    name, _ = CASES[case]
     policy = _policy(name)
-    pairs = [Pair([5, 6, 7], [20, 21, 22], [30, 31]), Pair([8, 9], [40], [41, 42, 43])]
-    full, info = pair_update(policy, pairs, 0)
-    grads = [p.grad.clone() for p in policy.params]
-    policy.model.zero_grad(set_to_none=True)
-    half, _ = pair_update(policy, pairs, 0, scale=0.5)
-    assert info["pairs"] == 2 and math.isfinite(full) and half == pytest.approx(full / 2, rel=1e-6)
-    assert any(g.abs().sum() > 0 for g in grads)
-    for p, g in zip(policy.params, grads):
-        assert torch.allclose(p.grad, g / 2, atol=1e-7, rtol=1e-5)
+    one, info = pair_update(policy, PAIRS, 0)
+    expected = [p.grad.clone() for p in policy.params]
+    assert info["pairs"] == 4 and any(g.abs().sum() > 0 for g in expected)
+    parts = [torch.load(two_ranks / f"{case}-{rank}.pt", weights_only=True) for rank in range(2)]
+    assert [part["pairs"] for part in parts] == [4, 4]
+    assert sum(part["value"] for part in parts) == pytest.approx(one, abs=1e-6)
+    for i, g in enumerate(expected):
+        assert torch.allclose(parts[0]["grads"][i] + parts[1]["grads"][i], g, atol=1e-6, rtol=1e-5), i
 
 
 # ---------------------------------------------------------------------------- from the CLI

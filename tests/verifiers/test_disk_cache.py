@@ -154,3 +154,57 @@ def test_non_finite_scores_are_not_stored(tmp_path):
     cache = DiskCache(tmp_path)
     assert cache.put_many([("nan", float("nan")), ("inf", float("inf")), ("ok", 0.0)]) == 1
     assert cache.get_many(["nan", "inf", "ok"]) == [None, None, 0.0]
+
+
+# ----------------------------------------------------------------------------- a failing cache never stops a run
+
+
+def _counting(prompts, completions, **kwargs):
+    return [0.5 for _ in completions]
+
+
+def _cached_verifier(cache_dir):
+    from aware_cli.verifiers import build_verifier
+
+    return build_verifier(VerifierConfig(name="python", target=f"{__name__}:_counting", cache_dir=str(cache_dir),
+                                         cache=False))
+
+
+def test_a_corrupt_cache_file_warns_once_and_scores_without_it(tmp_path, caplog):
+    (tmp_path / DB_NAME).write_bytes(b"this is not an sqlite database" * 100)
+    verifier = _cached_verifier(tmp_path)
+    assert verifier(["p", "q"], ["a", "b"]) == [0.5, 0.5] and verifier(["p"], ["a"]) == [0.5]
+    assert verifier.stats["disk_errors"] == 1 and verifier.stats["scored"] == 3
+    warnings = [r for r in caplog.records if "score cache" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+
+
+def test_a_full_disk_mid_run_warns_once_and_scores_without_it(tmp_path, monkeypatch, caplog):
+    verifier = _cached_verifier(tmp_path)
+    assert verifier(["p"], ["a"]) == [0.5]  # cached on disk
+    assert DiskCache(tmp_path).get_many([]) == []
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(DiskCache, "put_many", full)
+    assert verifier(["p", "q"], ["a", "b"]) == [0.5, 0.5]  # the read hits, the write fails
+    monkeypatch.setattr(DiskCache, "get_many", full)
+    assert verifier(["r"], ["c"]) == [0.5]  # no longer touched
+    assert verifier.stats["disk_errors"] == 1 and verifier.stats["disk_hits"] == 1
+    assert len([r for r in caplog.records if "database or disk is full" in r.getMessage()]) == 1
+
+
+def test_training_with_a_broken_cache_completes(tmp_path, in_project_root):
+    from typer.testing import CliRunner
+
+    from aware_cli.cli import app
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / DB_NAME).write_bytes(b"garbage" * 500)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "recipe=smoke", f"output_dir={out}", "trainer.max_steps=2",
+                                      "eval.every=0", f"verifier.cache_dir={cache}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("score cache") == 1  # one warning, through the log handler

@@ -41,21 +41,73 @@ def harm():
 # ---------------------------------------------------------------- the shipped heads file
 
 
-def test_shipped_heads_file_is_small_loads_and_carries_its_metrics():
+def test_shipped_heads_file_is_small_and_loads():
     assert SHIPPED_HEADS.is_file() and SHIPPED_HEADS.stat().st_size < 1_000_000
     heads = load_heads()
     assert heads.encoder == EMBEDDED_ENCODER and heads.dim == 384
     assert heads.metadata["request.input"] == "prompt" and heads.metadata["refusal.input"] == "response"
-    metrics = heads.json_meta("metrics")
-    request, refusal = metrics["request"], metrics["refusal"]
-    assert request["heldout_advbench_vs_alpaca"]["auroc"] >= 0.95
-    assert request["heldout_written_subjects"]["auroc"] >= 0.85  # intent, not topic: held-out subjects
-    assert request["heldout_hh_rlhf"]["auroc"] >= 0.85
-    assert refusal["heldout"]["auroc"] >= 0.95
     training = heads.json_meta("training")
     assert training["seed"] == 0 and training["counts"]["request"]["advbench"]["test"] > 0
     with torch.no_grad():
         assert heads.p_harmful(torch.zeros(2, 384)).shape == (2,)
+
+
+def _auroc(scores, labels):
+    """P(score of a positive > score of a negative), ties counting one half (the Mann-Whitney statistic)."""
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.fixture(scope="module")
+def script():
+    """scripts/train_verifier_heads.py as a module: its seeded split tells which rows the heads never saw."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_verifier_heads.py"
+    spec = importlib.util.spec_from_file_location("train_verifier_heads_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("groups, recorded, floor", [
+    (("advbench", "alpaca"), "heldout_advbench_vs_alpaca", 0.95),
+    (("safety_harmful", "safety_benign"), "heldout_written_subjects", 0.80),  # held-out subjects: intent, not topic
+    (("hh_harmful", "hh_benign"), "heldout_hh_rlhf", 0.88),
+    (("xstest_unsafe", "xstest_safe"), "xstest_all_never_trained", 0.70),  # never trained on
+])
+def test_request_head_auroc_recomputed_on_rows_it_never_saw(script, groups, recorded, floor):
+    """The request head's held-out AUROC, recomputed here from the data (not read from the file's metadata)."""
+    from aware_cli.verifiers.encoder import get_encoder
+
+    rows = [r for r in script.request_rows(script.read_sources(), 0) if r[2] in groups and not r[3]]
+    texts, labels = [r[0] for r in rows], [r[1] for r in rows]
+    heads = load_heads()
+    with torch.no_grad():
+        scores = heads.p_harmful(get_encoder(heads.encoder, "cpu", 256).encode(texts, batch_size=64)).tolist()
+    auroc = _auroc(scores, labels)
+    meta = heads.json_meta("metrics")["request"][recorded]
+    assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])  # the same held-out rows
+    assert auroc >= floor
+    assert auroc == pytest.approx(meta["auroc"], abs=2e-3)  # and the file's metadata says what the heads do
+
+
+def test_refusal_head_auroc_recomputed_on_held_out_templates(script):
+    from aware_cli.verifiers.encoder import get_encoder
+
+    rows, _ = script.refusal_rows(script.read_sources(), 0)
+    held_out = [r for r in rows if not r[3]]
+    texts, labels = [r[0] for r in held_out], [r[1] for r in held_out]
+    heads = load_heads()
+    with torch.no_grad():
+        scores = heads.p_refuse(get_encoder(heads.encoder, "cpu", 256).encode(texts, batch_size=64)).tolist()
+    auroc = _auroc(scores, labels)
+    meta = heads.json_meta("metrics")["refusal"]["heldout"]
+    assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])
+    assert auroc >= 0.95 and auroc == pytest.approx(meta["auroc"], abs=2e-3)
 
 
 def test_heads_round_trip_through_safetensors(tmp_path):

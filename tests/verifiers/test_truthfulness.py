@@ -158,10 +158,27 @@ def test_best_answer_beats_best_incorrect_answer(truthfulqa, method):
     assert sum(b > 0.5 for b in best) >= 8 and sum(w < 0.5 for w in worst) >= 8
 
 
-@pytest.mark.parametrize("method,at_least", [pytest.param("embedding", 7, marks=needs_minilm), ("rouge", 5)])
-def test_best_answer_wins_without_exact_matches(truthfulqa, method, at_least):
+@pytest.fixture(scope="module")
+def truthfulqa_60():
+    cfg = DataConfig(path=TRUTHFULQA, format="csv", prompt_field="Question", input_field=None,
+                     response_field="Best Answer", shuffle=False, limit=60)
+    return load_examples(cfg)
+
+
+def _p_at_least(wins, trials):
+    """One-sided binomial p-value: P(at least `wins` of `trials` fair coin flips)."""
+    return sum(math.comb(trials, k) for k in range(wins, trials + 1)) / 2 ** trials
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_best_answer_wins_without_exact_matches_above_chance(truthfulqa_60, method):
+    """60 questions, the scored answers left out of the answer lists: the best answer must beat the best incorrect
+    one far more often than a coin would (measured: embedding 44, rouge 43 wins of the decided pairs)."""
     v = make(method)
-    best = _score(v, truthfulqa, [ex.response for ex in truthfulqa], leave_out=True)
-    worst = _score(v, truthfulqa, [ex.meta["columns"]["Best Incorrect Answer"] for ex in truthfulqa], leave_out=True)
-    wins = sum(b is not None and b > w for b, w in zip(best, worst))
-    assert wins >= at_least, (best, worst)
+    rows = truthfulqa_60
+    best = _score(v, rows, [ex.response for ex in rows], leave_out=True)
+    worst = _score(v, rows, [ex.meta["columns"]["Best Incorrect Answer"] for ex in rows], leave_out=True)
+    decided = [(b, w) for b, w in zip(best, worst) if b is not None and w is not None and b != w]
+    wins = sum(b > w for b, w in decided)
+    assert len(decided) >= 45
+    assert wins >= 40 and _p_at_least(wins, len(decided)) < 1e-3, (wins, len(decided))
