@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/aware train recipe=alpaca trainer=demo
+	$(BIN)/aware train recipe=demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

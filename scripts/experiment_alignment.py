@@ -157,6 +157,7 @@ def suite_overrides(suite: str, args, split_file: Optional[Path]) -> List[str]:
     """The eval overrides of `suite`: response length, judge, task rows, the mixed-in rows left out."""
     out = list(SUITE_DEFAULTS.get(suite, []))
     out.append(f"generation.max_new_tokens={args.task_tokens if suite == 'task' else args.max_new_tokens}")
+    out.append(f"generation.batch_size={args.gen_batch}")
     if suite == "task":
         out += [f"data.eval_size={args.task_rows}"]
     elif args.judge and suite != "truthfulqa":
@@ -201,6 +202,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="stratified sample per safety suite (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="response length in the safety suites")
     parser.add_argument("--task-tokens", type=int, default=64, help="response length in the task suite")
+    parser.add_argument("--gen-batch", type=int, default=24, help="prompts per generate call in evaluation "
+                        "(24: about 2x faster than 8 on 2 CPU cores)")
     parser.add_argument("--task-rows", type=int, default=200, help="held-out task rows (data.eval_size of every arm)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every arm, e.g. --set trainer.lr=4e-4")

@@ -405,6 +405,8 @@ class EvalConfig:
                               "prompts this run or its parent runs trained on are left out.", factory=list)
     suite_limit: int = field(16, "Prompts per suite per evaluation (the first N after the suite's seeded shuffle).",
                              ge=1)
+    before: bool = field(False, "Also run eval.suites on the model before the first step (eval_before.json); the "
+                         "run then ends with a one-line before → after of each suite's headline metric.")
     align_plot: bool = field(True, "Draw the run's ALIGN-PLOT (align_plot.png, needs the plot extra) at every "
                              "evaluation and send it to the trackers (trainer.report_to).")
 

@@ -23,6 +23,8 @@ BEST_JSON = "best.json"
 SUITE_METRICS: Dict[str, Dict[str, str]] = {
     "advbench": {"asr": "min", "refusal_rate": "max", "score_mean": "max"},
     "harmful": {"asr": "min", "refusal_rate": "max", "score_mean": "max"},
+    "phrasings": {"asr": "min", "refusal_rate": "max", "score_mean": "max"},
+    "sensitive": {"over_refusal_rate": "min", "answered_rate": "max"},
     "xstest": {"over_refusal_rate": "min", "unsafe_refusal_rate": "max"},
     "truthfulqa": {"hallucination_rate": "min", "truthfulness_mean": "max"},
     "slaq": {"hallucination_rate": "min", "truthfulness_mean": "max"},

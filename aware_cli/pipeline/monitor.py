@@ -21,6 +21,7 @@ from aware_cli.pipeline.best import BEST, BEST_JSON, BestTracker, best_mode
 from aware_cli.pipeline.tracking import Trackers, open_trackers
 
 ALIGN_PLOT = "align_plot.png"
+BEFORE_JSON = "eval_before.json"
 
 
 class RunMonitor:
@@ -53,6 +54,29 @@ class RunMonitor:
     def suites(self, model) -> Dict[str, Any]:
         """eval/<suite>/<metric> values of the model as it is now (rank 0)."""
         return self._suites(model) if self._suites is not None else {}
+
+    def before(self, model) -> None:
+        """eval.before: the suites on the model before its first step, kept in eval_before.json (rank 0, once)."""
+        path = self.run_dir / BEFORE_JSON
+        if self._suites is None or not self.cfg.eval.before or path.exists():
+            return
+        self.console.print("evaluating the suites before training (eval.before)")
+        rundir.write_atomic(path, json.dumps(self._suites(model), indent=1) + "\n")
+
+    def before_after(self, metrics: Dict[str, Any]) -> Optional[str]:
+        """One line: each suite's headline metric before training → now (None without eval.before)."""
+        path = self.run_dir / BEFORE_JSON
+        if not self.main or self._suites is None or not path.is_file():
+            return None
+        from aware_cli.eval.metrics import HEADLINE
+
+        before = json.loads(path.read_text())
+        parts = []
+        for name in self._suites.names:
+            key = f"eval/{name}/{HEADLINE[name]}"
+            if isinstance(before.get(key), (int, float)) and isinstance(metrics.get(key), (int, float)):
+                parts.append(f"{name} {HEADLINE[name]} {before[key]:.3f} → {metrics[key]:.3f}")
+        return "before → after: " + ", ".join(parts) if parts else None
 
     def after_evaluation(self, trackers: Trackers, step: int) -> None:
         """Draw align_plot.png from samples.jsonl so far and send it to the trackers."""

@@ -38,7 +38,8 @@ MARKER = ".aware-run.json"
 LOCK = ".aware.lock"
 # What `aware train` (and `aware eval` into a run directory) writes; overwrite=true removes these and nothing else.
 AWARE_NAMES = ("config.yaml", "status.json", "metrics.jsonl", "samples.jsonl", "split.json", "tb", "checkpoints",
-               "final", "eval", "anchors.json", "trackers.json", "wandb", "mlruns", MARKER)
+               "final", "eval", "anchors.json", "trackers.json", "wandb", "mlruns", "align_plot.png",
+               "eval_before.json", MARKER)
 # Temporaries of `write_atomic` (.NAME.tmp) and `write_dir_atomic` (.tmp-NAME) that a killed process may leave.
 _TEMPORARY = re.compile(r"^(\..+\.tmp|\.tmp-.+)$")
 

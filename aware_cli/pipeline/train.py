@@ -30,7 +30,7 @@ from aware_cli.models import (base_model_path, count_parameters, load_model, res
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
-from aware_cli.pipeline.monitor import RunMonitor
+from aware_cli.pipeline.monitor import ALIGN_PLOT, RunMonitor
 from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
 from aware_cli.pipeline import distributed
 from aware_cli.pipeline import fsdp
@@ -281,8 +281,12 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     def opened(name: str):
         return open(run_dir / name, "a") if main else contextlib.nullcontext()
 
+    if start == 0 and cfg.eval.before and cfg.eval.suites:
+        with fsdp.gathered(model):  # every rank joins the all-gather, rank 0 evaluates
+            monitor.before(model)
     model.train()
     nonfinite_in_a_row = 0
+    metrics: Dict[str, Any] = {}
     # `sound`: the weights, optimizer and objective state are those after `sound` steps, every one of
     # them logged; a failure then leaves a state worth a checkpoint (see `_save_on_failure`)
     sound, saved = start, start
@@ -356,6 +360,11 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
     if main:
         final_dir = rundir.write_dir_atomic(run_dir / "final", lambda p: save_weights(p, weights))
         console.print(f"final weights: {final_dir} (checkpoint {final.name})")
+        if (run_dir / ALIGN_PLOT).is_file():
+            console.print(f"ALIGN-PLOT: {run_dir / ALIGN_PLOT}")
+        summary = monitor.before_after(metrics)
+        if summary:
+            console.print(summary, highlight=False, soft_wrap=True)
     distributed.barrier(ranks)
 
 

@@ -156,3 +156,25 @@ def test_values_are_numbers_or_none(suite_run):
         for key, value in m.items():
             if key.startswith("eval/"):
                 assert value is None or (isinstance(value, (int, float)) and math.isfinite(value)), key
+
+
+def test_eval_before_records_the_untrained_model_and_ends_with_before_after(tmp_path):
+    out = tmp_path / "run"
+    result = aware("train", "recipe=smoke", f"output_dir={out}", "eval.suites=[phrasings,sensitive,task]",
+                   "eval.suite_limit=2", "eval.before=true", "trainer.max_steps=1")
+    assert result.exit_code == 0, result.output
+    before = json.loads((out / "eval_before.json").read_text())
+    assert before["eval/phrasings/n"] == 2 and 0.0 <= before["eval/phrasings/asr"] <= 1.0
+    assert 0.0 <= before["eval/sensitive/over_refusal_rate"] <= 1.0 and "eval/task/rouge_l" in before
+    after = read_jsonl(out / "metrics.jsonl")[-1]
+    line = next(x for x in result.output.splitlines() if x.startswith("before → after:"))
+    assert f"phrasings asr {before['eval/phrasings/asr']:.3f} → {after['eval/phrasings/asr']:.3f}" in line
+    assert "sensitive over_refusal_rate" in line and "task rouge_l" in line
+    # a second run over the same directory (overwrite) removes what aware wrote, this file included
+    assert "eval_before.json" in rundir.AWARE_NAMES
+
+
+def test_demo_recipe_shows_every_regime_and_its_suites():
+    cfg = compose("demo").config
+    assert cfg.data.mix.harmful and cfg.data.anchors.per_step > 0 and cfg.eval.before
+    assert {"phrasings", "sensitive", "task"} <= set(cfg.eval.suites) and cfg.objective.name == "aware"
