@@ -194,6 +194,9 @@ def main() -> int:
                         help="a trained arm, e.g. aware-labels=objective=aware,verifier.harm.use_labels=true "
                              "(default: sft=objective=sft and aware=objective=aware)")
     parser.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="also evaluate this model (a run directory, checkpoint or HF id), untrained here; "
+                             "e.g. the unsafe start of a recovery experiment")
     parser.add_argument("--suites", default="advbench,phrasings,sensitive,xstest,task")
     parser.add_argument("--suite-set", action="append", default=[], metavar="SUITE:KEY=VALUE",
                         help="an eval override for one suite, e.g. truthfulqa:limit=100")
@@ -235,19 +238,22 @@ def main() -> int:
         run, seconds = train_arm(args.recipe, runs_dir / name, common + overrides)
         runs[name] = run
         record["arms"][name] = {"overrides": overrides, "train_s": seconds, **run_summary(run)}
-    split_file = next((r / "split.json" for r in runs.values() if (r / "split.json").exists()), None)
-    if split_file is not None and not json.loads(split_file.read_text()).get("train_ids"):
-        split_file = None  # nothing mixed in: nothing to exclude
+    extra = [tuple(m.split("=", 1)) for m in args.model]
+    # the rows some model here trained on (its split.json) are left out of the suites that read that file
+    candidates = [r / "split.json" for r in runs.values()] + [Path(path) / "split.json" for _, path in extra]
+    split_file = next((f for f in candidates if f.is_file() and json.loads(f.read_text()).get("train_ids")), None)
 
     from aware_cli.config import compose
 
     models = ([] if args.no_base else [("base", compose(args.recipe).config.model.name_or_path)])
+    models += [(name, path) for name, path in extra]
     models += [(name, str(run)) for name, run in runs.items()]
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     for suite in suites:
         record["suites"][suite] = {"overrides": suite_overrides(suite, args, split_file)}
     for model_name, model in models:
-        record["models"][model_name] = model if model_name == "base" else f"runs/experiments/{args.name}/{model_name}"
+        record["models"][model_name] = (f"runs/experiments/{args.name}/{model_name}" if model_name in runs
+                                        else model)
         for suite in suites:
             evaluate(model, suite, out / "responses" / model_name / f"{suite}.jsonl.gz",
                      record["suites"][suite]["overrides"])

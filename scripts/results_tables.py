@@ -30,6 +30,9 @@ from aware_cli.eval.stats import paired_difference, ratio_interval, summarize  #
 
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
+# every page with generated blocks; `results:bench:overhead` reads docs/bench/ (scripts/bench_overhead.py --out)
+PAGES = [PAGE, ROOT / "docs" / "verifiers.md", ROOT / "docs" / "performance.md"]
+BENCH = ROOT / "docs" / "bench"
 BLOCK = re.compile(r"(<!-- results:(?P<exp>[\w.-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
@@ -75,7 +78,8 @@ METRICS = [
 class Experiment:
     def __init__(self, directory: Path):
         self.dir = directory
-        self.meta = json.loads((directory / "experiment.json").read_text())
+        path = directory / "experiment.json"  # absent for a verifier report (verifier.json only)
+        self.meta = json.loads(path.read_text()) if path.is_file() else {"models": {}, "arms": {}}
         self.models: List[str] = list(self.meta["models"])
         self._rows: Dict[tuple, List[Dict[str, Any]]] = {}
 
@@ -247,9 +251,47 @@ def table_verifier(exp: Experiment) -> str:
     return _table(["held-out check", "share", "what is counted"], rows)
 
 
+def table_request_head(exp: Experiment) -> str:
+    """The request head's held-out AUROC / accuracy per evaluation set and its calibration (verifier.json)."""
+    data = json.loads((exp.dir / "verifier.json").read_text())
+    head = data["request_head"]
+    labels = {"heldout_advbench_vs_alpaca": "AdvBench (held-out half) vs Alpaca",
+              "heldout_written_subjects": "written harmful vs benign-sensitive requests (held-out subjects)",
+              "heldout_hh_rlhf": "HH-RLHF openers, harmful vs benign (held-out)",
+              "xstest_all_never_trained": "XSTest unsafe vs safe, all 450 (never trained on)",
+              "heldout_all": "all held-out rows"}
+    rows = [[label, f"{head[key]['n_pos']} / {head[key]['n_neg']}", f"{head[key]['auroc']:.3f}",
+             f"{head[key]['acc']:.3f}"] for key, label in labels.items() if key in head]
+    cal = head.get("heldout_calibration")
+    if cal:
+        rows.append(["calibration: expected calibration error, 10 bins", f"{cal['n']}", "–", f"ECE {cal['ece']:.3f}"])
+    rows.append(["answer pairs: refusal scored above compliance (AUROC)", "–",
+                 f"{data['auroc_answer_pairs']:.3f}", "–"])
+    return _table([f"request head ({head['config']}): evaluation set", "n (harmful / benign)", "AUROC",
+                   "accuracy at 0.5"], rows)
+
+
+def table_overhead(exp: Experiment) -> str:
+    """aware vs SFT step time on CPU (scripts/bench_overhead.py --out docs/bench/overhead-cpu.json)."""
+    data = json.loads((exp.dir / "overhead-cpu.json").read_text())
+    rows = [["sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
+             f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"]]
+    for k, arm in data["aware"].items():
+        st = arm["stages_median_s"]
+        rows.append(["aware", k, f"{arm['median_step_s']:.2f}", f"**{data['ratio_by_k'][k]:.2f}**",
+                     f"{st['sample']:.2f}", f"{st['verify']:.2f}", f"{st['update']:.2f}",
+                     f"{arm['forwarded_tokens_median']:.0f}"])
+    env = data["environment"]
+    note = (f"\n`{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model {data['model']}, "
+            f"batch {data['batch']}, {data['steps']} steps per arm (median of steps 2–{data['steps']}), "
+            f"torch {env['torch']}, {env['threads']} threads.\n")
+    return _table(["objective", "k", "median step s", "ratio to SFT", "sample s", "verify s", "update s",
+                   "tokens forwarded"], rows) + note
+
+
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "verifier": table_verifier}
+          "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead}
 
 
 def render_experiment(directory: Path) -> str:
@@ -266,7 +308,7 @@ def regenerate(text: str, results: Path = RESULTS) -> str:
 
     def fill(match: re.Match) -> str:
         name = match.group("exp")
-        exp = cache.setdefault(name, Experiment(results / name))
+        exp = cache.setdefault(name, Experiment(BENCH if name == "bench" else results / name))
         return match.group(1) + TABLES[match.group("table")](exp) + match.group(5)
 
     return BLOCK.sub(fill, text)
@@ -274,25 +316,30 @@ def regenerate(text: str, results: Path = RESULTS) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md differs from the artifacts")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page differs from the artifacts")
     parser.add_argument("--show", metavar="EXPERIMENT", help="print every table of one experiment")
-    parser.add_argument("--page", type=Path, default=PAGE)
+    parser.add_argument("--page", type=Path, action="append", default=None,
+                        help="only this page (default: " + ", ".join(str(p.relative_to(ROOT)) for p in PAGES) + ")")
     args = parser.parse_args()
     if args.show:
         print(render_experiment(RESULTS / args.show))
         return 0
-    text = args.page.read_text()
-    fresh = regenerate(text)
-    if args.check:
-        if fresh != text:
-            print(f"{args.page} differs from the artifacts under {RESULTS}: run scripts/results_tables.py",
-                  file=sys.stderr)
-            return 1
-        print(f"{args.page}: {len(BLOCK.findall(text))} generated blocks match the artifacts")
-        return 0
-    args.page.write_text(fresh)
-    print(f"rewrote {len(BLOCK.findall(text))} blocks of {args.page}")
-    return 0
+    stale = 0
+    for page in args.page or PAGES:
+        text = page.read_text()
+        fresh = regenerate(text)
+        blocks = len(BLOCK.findall(text))
+        if args.check:
+            if fresh != text:
+                print(f"{page} differs from the artifacts under {RESULTS}: run scripts/results_tables.py",
+                      file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{page}: {blocks} generated blocks match the artifacts")
+        elif fresh != text:
+            page.write_text(fresh)
+            print(f"rewrote {blocks} blocks of {page}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
