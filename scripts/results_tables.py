@@ -157,12 +157,15 @@ def table_main(exp: Experiment) -> str:
     return _table(["metric", "judge"] + exp.models, rows)
 
 
+REFERENCES = ("base", "sft", "unsafe-start")  # models the trained arms are compared with
+
+
 def compared_arms(exp: Experiment) -> List[str]:
-    return [m for m in exp.models if m not in ("base", "sft")]
+    return [m for m in exp.models if m not in REFERENCES]
 
 
 def table_paired(exp: Experiment) -> str:
-    pairs = [(a, b) for a in compared_arms(exp) for b in ("base", "sft") if b in exp.models]
+    pairs = [(a, b) for a in compared_arms(exp) for b in REFERENCES if b in exp.models]
     rows = []
     for m in exp.metrics():
         row = [m.label]
@@ -289,9 +292,21 @@ def table_overhead(exp: Experiment) -> str:
                    "tokens forwarded"], rows) + note
 
 
+def table_setup(exp: Experiment) -> str:
+    """How the experiment was run (experiment.json): command, commit, date, environment, shared overrides, suites."""
+    meta = exp.meta
+    env = meta.get("environment", {})
+    rows = [["command", f"`{meta['command']}`"], ["commit, date", f"{meta['commit']}, {meta['date']}"],
+            ["environment", ", ".join(f"{k} {v}" for k, v in env.items())],
+            ["every arm", "`" + " ".join(meta.get("common_overrides", [])) + "`"]]
+    rows += [[f"suite {name}", "`" + " ".join(suite["overrides"]) + "`"] for name, suite in meta["suites"].items()]
+    rows += [[f"model {name}", f"`{path}`"] for name, path in meta["models"].items()]
+    return _table(["", ""], rows)
+
+
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead}
+          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead}
 
 
 def render_experiment(directory: Path) -> str:
