@@ -48,7 +48,7 @@ def main() -> int:
                                          f"data.max_response_tokens={args.max_tokens}", "trainer.save_every=0",
                                          f"output_dir={out}"])
             run_training(cfg, Console(quiet=True))
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().split("\n") if line.strip()]
             updates = [r["timing_s/update"] for r in rows[1:]] or [rows[0]["timing_s/update"]]
             results[objective] = {"median_update_s": statistics.median(updates), "update_s": updates,
                                   "losses": [r["loss"] for r in rows]}

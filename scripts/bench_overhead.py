@@ -39,7 +39,7 @@ def run_arm(out: Path, recipe: str, overrides: List[str]) -> List[Dict[str, Any]
     from aware_cli.pipeline.train import run_training
 
     run_training(compose(recipe, overrides + [f"output_dir={out}"]), Console(quiet=True))
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().split("\n") if line.strip()]
 
 
 def step_seconds(row: Dict[str, Any]) -> float:

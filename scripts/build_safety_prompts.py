@@ -55,14 +55,14 @@ def hh_first_turns() -> List[str]:
 
 def build() -> List[Dict[str, str]]:
     rows: List[Dict[str, str]] = []
-    for line in (FOLDER / "written.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (FOLDER / "written.jsonl").read_text(encoding="utf-8").split("\n"):
         if not line.strip():
             continue
         r = json.loads(line)
         rows.append({"id": r["id"], "prompt": r["prompt"], "label": r["label"], "topic": r["topic"],
                      "form": r["form"], "source": "written", "group": r["group"], "split": split_of(r["group"])})
     prompts = hh_first_turns()
-    labels = [json.loads(line) for line in (FOLDER / "hh_labels.jsonl").read_text().splitlines() if line.strip()]
+    labels = [json.loads(line) for line in (FOLDER / "hh_labels.jsonl").read_text().split("\n") if line.strip()]
     if [x["index"] for x in labels] != list(range(len(prompts))):
         raise SystemExit(f"hh_labels.jsonl must label each of the {len(prompts)} HH-RLHF first turns in order")
     for index, (prompt, label) in enumerate(zip(prompts, labels)):

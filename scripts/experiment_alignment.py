@@ -104,8 +104,8 @@ def run_summary(run: Path) -> Dict[str, Any]:
     """Median step time and its stages, and the regime / target counts of the run's input-steps."""
     import yaml
 
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines() if x.strip()]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().split("\n") if x.strip()]
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().split("\n") if x.strip()]
     stages = ("sample", "verify", "gate", "update")
 
     def median(key):
@@ -139,7 +139,7 @@ def evaluate(model: str, suite: str, target: Path, overrides: List[str]) -> Path
     cfg = compose(suite, [f"model.name_or_path={model}", f"output_dir={scratch}"] + overrides,
                   schema=EvalRunConfig, subdir="eval").config
     directory, metrics = run_eval(cfg, console)
-    rows = [json.loads(line) for line in (directory / "responses.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (directory / "responses.jsonl").read_text().split("\n") if line.strip()]
     header = {"suite": suite, "model": model, "judge": metrics.get("judge"), "overrides": overrides,
               "seconds": metrics.get("seconds"), "n": len(rows)}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ def main() -> int:
     from aware_cli.eval.align_plot import draw_align_plot, load_gate, load_points
 
     for name, run in runs.items():
-        if any(json.loads(line).get("scores") for line in (run / "samples.jsonl").read_text().splitlines()[:50]):
+        if any(json.loads(line).get("scores") for line in (run / "samples.jsonl").read_text().split("\n")[:50] if line.strip()):
             draw_align_plot(load_points(run), load_gate(run), out / f"align_plot_{name}.png",
                             title=f"{args.recipe}: {name}, first vs last step")
     record["wall_s"] = time.perf_counter() - started

@@ -220,7 +220,7 @@ def advbench_training_pool() -> set:
 def safety_rows() -> List[dict]:
     """builtin:safety-prompts: written benign/harmful requests by subject, and labelled HH-RLHF openers."""
     path = builtin.get("safety-prompts").path
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def request_rows(src: Dict[str, list], seed: int) -> List[Row]:

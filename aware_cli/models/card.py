@@ -47,7 +47,7 @@ def last_evaluation(run_dir: Path, up_to_step: Optional[int] = None) -> Dict[str
     if not path.is_file():
         return {}
     found: Dict[str, Any] = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 may sit inside a JSON string
         try:
             record = json.loads(line)
         except ValueError:

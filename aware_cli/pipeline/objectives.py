@@ -610,7 +610,7 @@ def _read_json_rows(path: Path, text: str) -> List[Tuple[Optional[int], object]]
             raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
         return [(None, row) for row in data]
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # U+2028 may sit inside a JSON string
         if not line.strip():
             continue
         try:

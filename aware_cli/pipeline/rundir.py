@@ -439,7 +439,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 may sit inside a JSON string
         try:
             record = json.loads(line)
         except ValueError:

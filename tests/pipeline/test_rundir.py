@@ -292,3 +292,13 @@ def test_two_processes_on_one_output_dir(tmp_path, in_project_root):
     assert first.returncode == 0, output
     assert second.returncode == 2 and "in use by another aware run" in second.stderr
     assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, 31))
+
+
+def test_truncating_on_resume_keeps_records_with_unicode_line_separators(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028/U+2029/U+0085 raw; str.splitlines() would split the
+    # record there and the resume truncation would then drop it as a torn line
+    path = tmp_path / "samples.jsonl"
+    records = [{"step": 1, "prompt": "a\u2028b"}, {"step": 2, "prompt": "c\u2029d\x85e"}, {"step": 3, "prompt": "f"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    rundir.truncate_jsonl(path, 2)
+    assert [json.loads(line) for line in path.read_text().split("\n") if line] == records[:2]
