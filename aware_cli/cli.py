@@ -69,7 +69,7 @@ def root(
 
 def _speaks(error: BaseException) -> bool:
     """Under torchrun an error every rank raised together is printed by rank 0 alone; others by their rank."""
-    from aware_cli.pipeline.distributed import is_on_every_rank
+    from aware_cli.pipeline.parallel.distributed import is_on_every_rank
 
     return os.environ.get("RANK", "0") == "0" or not is_on_every_rank(error)
 

@@ -15,7 +15,7 @@ from aware_cli.data import build_prompt_ids
 from aware_cli.data.mix import load_training_data
 from aware_cli.eval.align_plot import points_from_scores
 from aware_cli.models.trained import load_for_eval
-from aware_cli.pipeline.sample import sample
+from aware_cli.pipeline.rollout.sample import sample
 from aware_cli.pipeline.verify import verify
 from aware_cli.verifiers import build_verifier
 

@@ -18,7 +18,7 @@ from aware_cli.extras import require
 from aware_cli.eval.metrics import HEADLINE, SUITE_METRICS, JudgedRow, task_quality
 from aware_cli.models.trained import load_for_eval
 from aware_cli.pipeline.rundir import write_atomic
-from aware_cli.pipeline.sample import generate
+from aware_cli.pipeline.rollout.sample import generate
 
 JUDGE_FREE = {"task"}  # suites scored against references, not by a verifier
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from aware_cli.errors import DataError
-from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
+from aware_cli.models.logprobs import mean_logprob, token_logprobs
 
 Info = Dict[str, float]
 LogprobPair = Tuple[torch.Tensor, torch.Tensor]

@@ -20,7 +20,7 @@ from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example, builtin, split_examples
 from aware_cli.data.mix import TrainingData
 from aware_cli.pipeline import objectives as obj
-from aware_cli.pipeline.logprobs import token_logprobs
+from aware_cli.models.logprobs import token_logprobs
 
 PAIRWISE = ("dpo", "gapo", "shapo")
 NO_SAMPLING = ("sft", "constrained_sft")  # these train on the targets only
@@ -50,7 +50,7 @@ def pair_update(policy, pairs: Sequence[obj.Pair], step: int) -> Tuple[float, Di
     pairs (`objectives.Reduce`), so the summed gradient and loss are the 1-process ones.
     Returns (this rank's part of the loss, {"pairs": all pairs, **the loss's info over all pairs}).
     """
-    from aware_cli.pipeline import distributed
+    from aware_cli.pipeline.parallel import distributed
 
     cfg = policy.cfg.objective
     ranks = policy.ranks
@@ -91,7 +91,7 @@ def pair_update(policy, pairs: Sequence[obj.Pair], step: int) -> Tuple[float, Di
 
 def combine_info(info: Dict[str, Any], n: int, ranks) -> Dict[str, Any]:
     """Diagnostics over every rank's pairs: means weighted by each rank's pair count (max/min for *_max/*_min)."""
-    from aware_cli.pipeline import distributed
+    from aware_cli.pipeline.parallel import distributed
 
     if not ranks.enabled:
         return info

@@ -14,11 +14,11 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
-from aware_cli.pipeline import fsdp
-from aware_cli.pipeline.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
+from aware_cli.pipeline.parallel import fsdp
+from aware_cli.pipeline.parallel.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
 from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, gate_group, sample_weights,
                                      update_dual)
-from aware_cli.pipeline.sample import sample
+from aware_cli.pipeline.rollout.sample import sample
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
 from aware_cli.pipeline.update import (UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step,

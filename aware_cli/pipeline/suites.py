@@ -123,7 +123,7 @@ class SuiteEvaluator:
 
     def _task(self, model, suite: _Suite) -> Dict[str, Any]:
         from aware_cli.eval.metrics import JudgedRow, task_quality
-        from aware_cli.pipeline.sample import generate
+        from aware_cli.pipeline.rollout.sample import generate
 
         texts: List[str] = []
         for start in range(0, len(suite.examples), 8):

@@ -32,8 +32,8 @@ from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
 from aware_cli.pipeline.monitor import RunMonitor
 from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
-from aware_cli.pipeline import distributed
-from aware_cli.pipeline import fsdp
+from aware_cli.pipeline.parallel import distributed
+from aware_cli.pipeline.parallel import fsdp
 from aware_cli.pipeline.step import Policy, summarize, train_step
 from aware_cli.pipeline.update import build_optimizer, build_scheduler
 from aware_cli.verifiers import build_verifier
@@ -389,7 +389,7 @@ def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], r
                                               cfg.trainer.seed)]
     answers = json.loads(path.read_text()) if path.is_file() else {}
     if ranks.is_main and any(ex.id not in answers for ex in used):
-        from aware_cli.pipeline.sample import generate
+        from aware_cli.pipeline.rollout.sample import generate
 
         todo = [ex for ex in used if ex.id not in answers]
         device = next(model.parameters()).device

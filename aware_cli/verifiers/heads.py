@@ -209,7 +209,7 @@ class RefusalModel:
 
     def p_refuse(self, texts: Sequence[str], batch_size: int = 64) -> List[float]:
         """P(refuse) per response (see the class doc)."""
-        from aware_cli.verifiers.refusal import refusal_score
+        from aware_cli.verifiers.phrases import refusal_score
 
         texts = [str(t or "") for t in texts]
         phrases = [refusal_score(t) for t in texts]

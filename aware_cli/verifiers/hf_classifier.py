@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from aware_cli.config.schema import ClassifierConfig, VerifierConfig
 from aware_cli.errors import ConfigError, ModelError
-from aware_cli.verifiers.base import Verifier, register_verifier
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.fingerprint import block_payload
 
 
 def resolve_verifier_device(name: str):
@@ -143,7 +144,12 @@ def load_classifier(cfg: VerifierConfig):
     return model, tokenizer
 
 
-@register_verifier("hf_classifier")
+@register_block("classifier")
+def classifier_fingerprint(cfg: VerifierConfig) -> dict:
+    return block_payload(cfg.classifier, paths=("model",))
+
+
+@register_verifier("hf_classifier", blocks=("classifier",))
 def build_classifier_verifier(cfg: VerifierConfig) -> Verifier:
     model, tokenizer = load_classifier(cfg)
     scorer = ClassifierScorer(model, tokenizer, cfg.classifier, batch_size=cfg.batch_size)

@@ -27,7 +27,8 @@ import torch
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import ConfigError
-from aware_cli.verifiers.base import Verifier, register_verifier
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.fingerprint import block_payload
 
 
 def split_answers(value: Any, separator: str) -> List[str]:
@@ -99,7 +100,12 @@ def _best_per_set(responses, answer_sets, best_of) -> List[List[Optional[float]]
              for answers in sets] for response, sets in zip(responses, answer_sets)]
 
 
-@register_verifier("truthfulness")
+@register_block("truthfulness")
+def truthfulness_fingerprint(cfg: VerifierConfig) -> dict:
+    return block_payload(cfg.truthfulness, paths=("encoder",))
+
+
+@register_verifier("truthfulness", blocks=("truthfulness",))
 def build_truthfulness_verifier(cfg: VerifierConfig) -> Verifier:
     t = cfg.truthfulness
     if t.method not in ("embedding", "rouge"):

@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from aware_cli.errors import DataError
 from aware_cli.data import builtin
-from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
+from aware_cli.models.logprobs import mean_logprob, token_logprobs
 from aware_cli.pipeline.objectives import (Pair, constrained_sft_loss, dpo_loss, gapo_loss, gapo_weights, grpo_loss,
                                            load_preference_pairs, pair_logprobs, pairs_from_groups,
                                            reference_logprobs, saliency_mask, shapo_loss)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from aware_cli.cli import app
 from aware_cli.config.schema import AwareConfig, DataConfig, ObjectiveConfig
-from aware_cli.pipeline.distributed import Ranks
+from aware_cli.pipeline.parallel.distributed import Ranks
 from aware_cli.pipeline.objectives import Pair
 from aware_cli.pipeline.preference import offline_training_data, pair_update
 
