@@ -227,14 +227,9 @@ def check_consistency(cfg: AwareConfig) -> None:
         raise ConfigError(f"gate.tau_abstain ({cfg.gate.tau_abstain}) must not exceed gate.tau_mu ({cfg.gate.tau_mu})")
     if cfg.gate.abstain and not cfg.gate.refusals:
         raise ConfigError("gate.refusals: needs at least one refusal target when gate.abstain is true")
-    needs_reference = cfg.objective.name in ("dpo", "constrained_sft") or (
-        cfg.objective.name == "shapo" and cfg.objective.shapo_level == "reward")
-    if needs_reference and cfg.model.finetune != "lora":
-        raise ConfigError(f"objective={cfg.objective.name} needs the reference model, which aware takes from the base "
-                          f"with LoRA adapters disabled: use model.finetune=lora")
-    if cfg.objective.pairs_path and cfg.objective.name not in ("dpo", "gapo", "shapo"):
-        raise ConfigError(f"objective.pairs_path: offline preference pairs train objective=dpo, gapo or shapo, "
-                          f"not objective={cfg.objective.name}")
+    from aware_cli.pipeline.objectives import get_objective
+
+    get_objective(cfg.objective.name).check(cfg)  # the registry: a known name, a reference model, pairs
     if cfg.objective.pairs_path and cfg.data.mix.path:
         raise ConfigError("data.mix.path: cannot be mixed into offline preference pairs (objective.pairs_path)")
     if cfg.verifier.name == "python" and not cfg.verifier.target:

@@ -320,8 +320,8 @@ class ObjectiveConfig:
     name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only), "
                       "grpo (= pg: the group-normalised PG loss), dpo, gapo, shapo (preference losses on online "
                       "pairs from the scored samples, or offline pairs from pairs_path), constrained_sft (SFT "
-                      "keeping the first response tokens near the base model on harmful prompts). See docs/objectives.md.",
-                      choices=["aware", "sft", "pg", "grpo", "dpo", "gapo", "shapo", "constrained_sft"])
+                      "keeping the first response tokens near the base model on harmful prompts), or any objective registered "
+                      "in pipeline/objectives/. See docs/objectives.md.")
     lambda_pg: float = field(1.0, "λ_pg: weight of the PG term.", ge=0.0)
     kl_coef: float = field(0.0, "KL penalty to the reference model on the samples (0: off; LoRA only: the "
                                 "reference is the base with adapters disabled).", ge=0.0)

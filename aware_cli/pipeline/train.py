@@ -25,15 +25,16 @@ from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
 from aware_cli.data.anchors import anchors_for_step, load_anchors, used_anchors
 from aware_cli.data.mix import load_training_data
+from aware_cli.data.preference import offline_training_data
 from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
                               trainable_parameters, training_precision, weights_dtype)
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
 from aware_cli.pipeline.monitor import RunMonitor
-from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
 from aware_cli.pipeline.parallel import distributed
 from aware_cli.pipeline.parallel import fsdp
+from aware_cli.pipeline.objectives import get_objective
 from aware_cli.pipeline.step import Policy, summarize, train_step
 from aware_cli.pipeline.update import build_optimizer, build_scheduler
 from aware_cli.verifiers import build_verifier
@@ -171,7 +172,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         examples = train_set + eval_set
         if main:
             rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
-        samples = cfg.objective.name not in NO_SAMPLING and not offline
+        samples = get_objective(cfg.objective.name).sampled(cfg)
         anchors = load_anchors(cfg.data.anchors, cfg.data, base_dir) if samples else []
         mixed = len(data.split.get("train_ids", []))
         console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
