@@ -34,6 +34,7 @@ from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import build
 from aware_cli.errors import ConfigError, DataError
 from aware_cli.extras import require
+from aware_cli.files import replace_atomic, write_atomic
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, gate_group, soft_beta
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -170,21 +171,8 @@ def write_points_jsonl(points: Iterable[Dict[str, Any]], path: PathLike) -> Path
     """Write points as JSON lines (same fields as samples.jsonl), atomically (temp file + os.replace)."""
     path = Path(path)
     text = "".join(json.dumps(p, ensure_ascii=False, default=_json_default) + "\n" for p in points)
-    _replace_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
-
-
-def _replace_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return write_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------- data
@@ -466,5 +454,6 @@ def draw_align_plot(points: Sequence[Dict[str, Any]], gate: GateConfig, out_path
     out = Path(out_path)
     # metadata pinned so the same points give the same bytes (no date/version stamps)
     metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
-    _replace_atomic(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, metadata=metadata))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomic(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, metadata=metadata))
     return out

@@ -116,10 +116,7 @@ class SuiteEvaluator:
     def _judge(self, run_cfg: EvalRunConfig):
         from aware_cli.verifiers import build_verifier
 
-        verifier_cfg = run_cfg.verifier
-        if verifier_cfg.device == "auto":
-            verifier_cfg = dataclasses.replace(verifier_cfg, device=str(self.device))
-        return build_verifier(verifier_cfg)
+        return build_verifier(run_cfg.verifier, self.device)
 
     def _task(self, model, suite: _Suite) -> Dict[str, Any]:
         from aware_cli.eval.metrics import JudgedRow, task_quality

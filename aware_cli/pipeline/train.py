@@ -214,10 +214,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         params = trainable_parameters(model)
         optimizer = build_optimizer(params, cfg.trainer)
         scheduler = build_scheduler(optimizer, cfg.trainer)
-        verifier_cfg = cfg.verifier
-        if verifier_cfg.device == "auto":  # the verifier's model shares the policy's device unless told otherwise
-            verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-        verifier = build_verifier(verifier_cfg)
+        verifier = build_verifier(cfg.verifier, device)  # on the policy's device unless verifier.device says
         if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
             raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
                               f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")

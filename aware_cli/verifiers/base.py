@@ -113,8 +113,14 @@ def identity_payload(cfg: VerifierConfig) -> Dict[str, Any]:
     return payload
 
 
-def build_verifier(cfg: VerifierConfig) -> "Verifier":
-    """The `Verifier` named by `cfg.name`, built from `cfg`."""
+def build_verifier(cfg: VerifierConfig, device: Any = None) -> "Verifier":
+    """The `Verifier` named by `cfg.name`, built from `cfg`.
+
+    `device`: where `verifier.device=auto` puts the verifier's model (the policy's device, so the judge
+    shares it unless told otherwise); None keeps auto (cuda when available, else cpu).
+    """
+    if device is not None and cfg.device == "auto":
+        cfg = dataclasses.replace(cfg, device=str(device))
     factory = VERIFIERS.get(cfg.name)
     if factory is None:
         raise ConfigError(_unknown_name_message(cfg.name))
@@ -129,6 +135,17 @@ def build_verifier(cfg: VerifierConfig) -> "Verifier":
         except DISK_ERRORS as exc:  # a corrupt file, a read-only or full disk: score without the cache
             built.disk_cache_failed(exc)
     return built
+
+
+def verifier_device(name: str):
+    """`verifier.device` as a torch.device (auto: cuda when available, else cpu); a bad name is a ConfigError."""
+    from aware_cli.errors import ModelError
+    from aware_cli.models.loading import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ModelError as exc:
+        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
 
 
 # What an on-disk cache can raise that must not stop a run: SQLite errors (corrupt file, disk full, locking on a

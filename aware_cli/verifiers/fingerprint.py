@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+from aware_cli import files
+
 
 def digest(value: Any) -> str:
     """SHA-256 of `value` as canonical JSON (sorted keys; repr for what JSON cannot hold)."""
@@ -24,7 +26,7 @@ def digest(value: Any) -> str:
 def file_sha256(path: Path) -> Optional[str]:
     """SHA-256 of a file's bytes (None when it cannot be read)."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return files.file_sha256(Path(path))
     except OSError:
         return None
 

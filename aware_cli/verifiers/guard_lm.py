@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from aware_cli.config.schema import GuardConfig, ModelConfig, VerifierConfig
 from aware_cli.errors import ConfigError, ModelError
-from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier, verifier_device
 from aware_cli.verifiers.fingerprint import block_payload
 from aware_cli.verifiers.prompts import (DEFAULT_MIN_VERDICT_MASS, LIKERT5_TEMPLATE, REFUSAL_INSTRUCTION,
                                          REFUSAL_MAX_NEW_TOKENS, SAFE_UNSAFE_TEMPLATE, likert_to_score, parse_rating,
@@ -261,12 +261,11 @@ def _cut_at(tokens: List[int], stop_ids: Iterable[int]) -> List[int]:
 def load_guard_model(cfg: VerifierConfig):
     """(model, tokenizer) of `verifier.guard.model` in eval mode on the verifier's device."""
     from aware_cli.models.loading import load_model
-    from aware_cli.verifiers.hf_classifier import resolve_verifier_device
 
     if not cfg.guard.model or not cfg.guard.model.strip():
         raise ConfigError("verifier.guard.model: set the judge LM (an HF id, local directory, .gguf file, "
                           "embedded:smollm2-135m-instruct or tiny)")
-    device = resolve_verifier_device(cfg.device)
+    device = verifier_device(cfg.device)
     try:
         return load_model(ModelConfig(name_or_path=cfg.guard.model, finetune="full", device=str(device)),
                           device=device, for_training=False)

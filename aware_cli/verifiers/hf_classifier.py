@@ -14,18 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from aware_cli.config.schema import ClassifierConfig, VerifierConfig
 from aware_cli.errors import ConfigError, ModelError
-from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier, verifier_device
 from aware_cli.verifiers.fingerprint import block_payload
-
-
-def resolve_verifier_device(name: str):
-    """`verifier.device` as a torch.device (auto: cuda when available, else cpu)."""
-    from aware_cli.models.loading import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ModelError as exc:
-        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
 
 
 def aligned_label_ids(labels: Dict[int, str], aligned: Sequence[str], *, model: str = "the classifier") -> List[int]:
@@ -128,7 +118,7 @@ def load_classifier(cfg: VerifierConfig):
     source = (cfg.classifier.model or "").strip()
     if not source:
         raise ConfigError("verifier.classifier.model: set the classifier (an HF id or a local directory)")
-    device = resolve_verifier_device(cfg.device)
+    device = verifier_device(cfg.device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
