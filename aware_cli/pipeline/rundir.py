@@ -19,6 +19,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +41,53 @@ AWARE_NAMES = ("config.yaml", "status.json", "metrics.jsonl", "samples.jsonl", "
                "final", "eval", "anchors.json", "trackers.json", "wandb", "mlruns", MARKER)
 # Temporaries of `write_atomic` (.NAME.tmp) and `write_dir_atomic` (.tmp-NAME) that a killed process may leave.
 _TEMPORARY = re.compile(r"^(\..+\.tmp|\.tmp-.+)$")
+
+
+@dataclass
+class SampleRecord:
+    """One line of samples.jsonl: an input of a step, its k responses and scores, and what the gate made of them.
+
+    Written by the training step (`step.train_step`) and by `align_plot.points_from_scores` ("before"
+    points, the first nine fields only); read by `align_plot.load_points`.
+    """
+
+    step: int
+    id: str
+    prompt: Optional[str]
+    responses: Optional[List[str]]
+    scores: List[Optional[float]]
+    mu: Optional[float]  # None when no sample could be judged
+    sigma: Optional[float]
+    beta: float
+    regime: str  # sft | pg | abstain
+    # what a training step adds (`zero_std` is None on points that no training step made)
+    zero_std: Optional[bool] = None
+    loss_sft: Optional[float] = None
+    loss_pg: Optional[float] = None
+    target: Optional[str] = None  # reference | refusal | none
+    refusal_score: Optional[float] = None
+    target_score: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)  # e.g. chosen_tokens / rejected_tokens of offline pairs
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON object of the line (keys in field order, `extra` last)."""
+        names = [f.name for f in fields(self) if f.name != "extra"]
+        if self.zero_std is None:
+            names = names[:names.index("zero_std")]
+        return {**{name: getattr(self, name) for name in names}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "SampleRecord":
+        """A line's object as a record: unknown keys go to `extra`, a missing step is 0."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        args = {k: v for k, v in values.items() if k in known}
+        args.setdefault("step", 0)
+        for name in ("id", "prompt", "responses", "mu", "sigma"):
+            args.setdefault(name, None)
+        args.setdefault("scores", [])
+        args.setdefault("beta", 0.0)
+        args.setdefault("regime", None)
+        return cls(**args, extra={k: v for k, v in values.items() if k not in known})
 
 
 def default_output_dir(recipe: str) -> Path:

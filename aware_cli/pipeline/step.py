@@ -19,6 +19,7 @@ from aware_cli.pipeline.objectives import Rollout, Update, get_objective
 from aware_cli.pipeline.parallel import fsdp
 from aware_cli.pipeline.parallel.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
 from aware_cli.pipeline.rollout.sample import sample
+from aware_cli.pipeline.rundir import SampleRecord
 from aware_cli.pipeline.update import UpdateResult, clip_and_step, compute_precision
 from aware_cli.pipeline.verify import check_none_share, count_none, verifier_stats, verify
 
@@ -70,7 +71,7 @@ def batch_positions(local: int, ranks: Ranks) -> List[int]:
     return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
 
 
-def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[SampleRecord], Dict[str, Any]]:
     """Run one optimizer step on `batch` (this rank's share of the step's prompts).
 
     Returns (this rank's per-input records for samples.jsonl, step-wide scalars); `summarize`
@@ -196,14 +197,12 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     records = []
     for b, (ex, gate) in enumerate(zip(batch, gates)):
         loss_sft, loss_pg = update.losses[b] if update.losses else (None, None)
-        records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
-                        "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
-                        "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg,
-                        "target": gate.target, "refusal_score": refusal_scores[b],
-                        "target_score": target_scores[b] if target_scores else None})
+        records.append(SampleRecord(step + 1, ex.id, ex.prompt, texts[b], scores[b], gate.mu, gate.sigma, gate.beta,
+                                    gate.regime, gate.zero_std, loss_sft, loss_pg, gate.target, refusal_scores[b],
+                                    target_scores[b] if target_scores else None))
         if offline:
-            records[-1].update(chosen_tokens=len(policy.target_ids[ex.id]),
-                               rejected_tokens=len(policy.rejected_ids[ex.id]))
+            records[-1].extra.update(chosen_tokens=len(policy.target_ids[ex.id]),
+                                     rejected_tokens=len(policy.rejected_ids[ex.id]))
     scalars: Dict[str, Any] = {
         "step": step + 1, "loss": loss, "loss_kl": sum_value(result.loss_kl, policy.ranks), "dual": policy.dual,
         "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,
@@ -221,12 +220,12 @@ def cfg_batch(policy: Policy) -> int:
     return policy.cfg.trainer.batch_size + policy.anchors_per_step
 
 
-def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(records: List[SampleRecord], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The step's metrics from every rank's records and scalars (one entry each without torchrun)."""
     n = len(records)
-    regimes = [r["regime"] for r in records]
-    mus = [r["mu"] for r in records if r["mu"] is not None]
-    sigmas = [r["sigma"] for r in records if r["sigma"] is not None]
+    regimes = [r.regime for r in records]
+    mus = [r.mu for r in records if r.mu is not None]
+    sigmas = [r.sigma for r in records if r.sigma is not None]
     first = scalars[0]
     step_seconds = max(sum(s[k] for k in s if k.startswith("timing_s/")) for s in scalars)
     sample_seconds = max(s["timing_s/sample"] for s in scalars)
@@ -235,16 +234,16 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
     objective = {k: sum(s.get(k, 0.0) for s in scalars) / len(scalars) for k in first if k.startswith("objective/")}
     return {
         "step": first["step"], "loss": first["loss"],
-        "loss_sft": _mean([r["loss_sft"] for r in records if r["loss_sft"] is not None]),
-        "loss_pg": _mean([r["loss_pg"] for r in records if r["loss_pg"] is not None]),
+        "loss_sft": _mean([r.loss_sft for r in records if r.loss_sft is not None]),
+        "loss_pg": _mean([r.loss_pg for r in records if r.loss_pg is not None]),
         "loss_kl": first["loss_kl"],
-        "beta_mean": _mean([r["beta"] for r in records]),
+        "beta_mean": _mean([r.beta for r in records]),
         "mu_mean": _mean(mus) if mus else None,
         "sigma_mean": _mean(sigmas) if sigmas else None,
         "frac_sft": regimes.count(SFT) / n, "frac_pg": regimes.count(PG) / n, "frac_abstain": regimes.count(ABSTAIN) / n,
-        "frac_reward_zero_std": sum(r["zero_std"] for r in records) / n,
-        "frac_target_refusal": sum(r.get("target") == REFUSAL for r in records) / n,
-        "frac_target_none": sum(r.get("target") == NO_TARGET for r in records) / n,
+        "frac_reward_zero_std": sum(r.zero_std for r in records) / n,
+        "frac_target_refusal": sum(r.target == REFUSAL for r in records) / n,
+        "frac_target_none": sum(r.target == NO_TARGET for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),

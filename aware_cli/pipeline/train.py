@@ -455,11 +455,11 @@ def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _log(metrics: Dict[str, Any], records: List[Dict[str, Any]], metrics_file, samples_file, tb) -> None:
+def _log(metrics: Dict[str, Any], records: List[rundir.SampleRecord], metrics_file, samples_file, tb) -> None:
     metrics_file.write(json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}) + "\n")
     metrics_file.flush()
     for record in records:
-        samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        samples_file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     samples_file.flush()
     tb.log_metrics(metrics)  # every tracker of trainer.report_to
 
