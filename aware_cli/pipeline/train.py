@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from rich.console import Console
@@ -55,6 +55,30 @@ def batch_for_step(step: int, num_examples: int, batch_size: int, seed: int) -> 
         indices.extend(order[offset:offset + take])
         position += take
     return indices
+
+
+def build_policy(cfg: AwareConfig, model, tokenizer, examples: List[Example], device: torch.device, *,
+                 ranks: Optional[distributed.Ranks] = None, precision: str = "fp32",
+                 anchors_per_step: int = 0) -> Tuple[Policy, TruncationStats]:
+    """The `Policy` a step trains (tokenised examples, optimizer, schedule, verifier) around a loaded model
+    (already resumed and sharded when it is); with the truncation counts of the examples."""
+    prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
+    rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
+    refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
+                   for r in cfg.gate.refusals]
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, cfg.trainer)
+    scheduler = build_scheduler(optimizer, cfg.trainer)
+    verifier = build_verifier(cfg.verifier, device)  # on the policy's device unless verifier.device says
+    if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
+        raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
+                          f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
+                    optimizer=optimizer, scheduler=scheduler, params=params, device=device,
+                    prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
+                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0,
+                    ranks=ranks or distributed.Ranks(), precision=precision, anchors_per_step=anchors_per_step)
+    return policy, truncated
 
 
 def encode_examples(cfg: AwareConfig, tokenizer, examples: List[Example]):
@@ -196,14 +220,6 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         if anchors:  # their reference answers: the base model's, before any trained weights are loaded
             anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
             examples = examples + anchors
-        prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
-        rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
-        if truncated.prompts or truncated.responses:
-            console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
-                          f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
-        refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
-                       for r in cfg.gate.refusals]
-
         ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
         if ckpt is not None:  # into the whole model, before any sharding
             load_trainable_state(model, ckpt)
@@ -211,18 +227,13 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             fsdp.check_config(cfg)
             layers = fsdp.shard_model(model, device)
             console.print(f"fsdp2: {layers} decoder layers and the root module sharded over {ranks.world} ranks")
-        params = trainable_parameters(model)
-        optimizer = build_optimizer(params, cfg.trainer)
-        scheduler = build_scheduler(optimizer, cfg.trainer)
-        verifier = build_verifier(cfg.verifier, device)  # on the policy's device unless verifier.device says
-        if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
-            raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
-                              f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
-        policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
-                        optimizer=optimizer, scheduler=scheduler, params=params, device=device,
-                        prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
-                        dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
-                        precision=precision, anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
+        policy, truncated = build_policy(cfg, model, tokenizer, examples, device, ranks=ranks, precision=precision,
+                                         anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
+        if truncated.prompts or truncated.responses:
+            console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
+                          f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
+        params, optimizer, scheduler = policy.params, policy.optimizer, policy.scheduler
+        prompt_ids, target_ids = policy.prompt_ids, policy.target_ids
 
         start = 0
         for warning in warnings:
