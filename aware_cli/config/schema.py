@@ -528,13 +528,19 @@ class EvalRunConfig:
 
 
 @dataclass
-class AlignPlotOptions:
-    """`aware align-plot` KEY=VALUE options; any other KEY=VALUE is an override of the recipe."""
+class PointsOptions:
+    """Where the (μ, σ) points of `aware align-plot` and `aware calibrate` come from."""
 
-    run: Optional[str] = field(None, "A run directory: plot its samples.jsonl.")
-    points: Optional[str] = field(None, "A points .jsonl file (written by an earlier align-plot or calibrate).")
+    run: Optional[str] = field(None, "A run directory: its samples.jsonl (calibrate: its first step's points).")
+    points: Optional[str] = field(None, "A points .jsonl file (written by align-plot or calibrate).")
     recipe: str = field("alpaca", "Without run/points: sample this recipe's model (model=... to change it) on "
                         "its prompts.")
+
+
+@dataclass
+class AlignPlotOptions(PointsOptions):
+    """`aware align-plot` KEY=VALUE options; any other KEY=VALUE is an override of the recipe."""
+
     limit: int = field(32, "Without run/points: prompts sampled.", ge=1)
     out: Optional[str] = field(None, "The figure (default: align_plot.FORMAT next to the points).")
     format: Optional[str] = field(None, "png or svg (default: out's suffix, else png).")
@@ -542,16 +548,12 @@ class AlignPlotOptions:
 
 
 @dataclass
-class CalibrateOptions:
+class CalibrateOptions(PointsOptions):
     """`aware calibrate` KEY=VALUE options; any other KEY=VALUE is an override of the recipe."""
 
-    run: Optional[str] = field(None, "A run directory: calibrate on its first step's points.")
-    points: Optional[str] = field(None, "A points .jsonl file (written by align-plot or calibrate).")
-    recipe: str = field("alpaca", "Without run/points: sample this recipe's model (model=... to change it) on "
-                        "its prompts.")
     limit: int = field(64, "Without run/points: prompts sampled.", ge=1)
-    out: str = field("gate_calibrated.yaml", "The gate file written (its align-plot next to it, .png).")
     method: str = field("mixture", "mixture (two modes of μ) or shares (abstain_share, pg_share).")
     abstain_share: Optional[float] = field(None, "method=shares: share of points that should abstain.")
     pg_share: Optional[float] = field(None, "method=shares: share of points in the PG regime.")
     tau_sigma: Optional[float] = field(None, "τ_σ to keep instead of fitting it.")
+    out: str = field("gate_calibrated.yaml", "The gate file written (its align-plot next to it, .png).")
