@@ -1,4 +1,4 @@
-"""One AWARE training step, top to bottom: sample → verify → gate → update.
+"""One training step, top to bottom: sample → verify → gate → update.
 
 (Stage 5, evaluation, runs every `eval.every` steps from the loop in `train.py`.)
 """
@@ -162,9 +162,9 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
     rollout = Rollout(batch, prompts, targets, sample_ids, scores, target_scores, gates, batch_size=B, k=k)
     t3 = time.perf_counter()
 
-    # 4. update: the objective's loss, its gradient in `.grad` (AWARE: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG]),
-    #    then a clipped AdamW step. Each rank adds its part (`objective.scaling`), so the parts sum to the
-    #    1-process loss and gradient.
+    # 4. update: the objective's loss, its gradient in `.grad` (the gated one: L = mean_x [(1 − β)·L_SFT +
+    #    β·λ_pg·L_PG]), then a clipped AdamW step. Each rank adds its part (`objective.scaling`), so the parts
+    #    sum to the 1-process loss and gradient.
     torch.manual_seed(seed)  # dropout, if any
     error = None
     update = Update(UpdateResult(loss=0.0, loss_kl=0.0, logprobs={}, tokens=0))
