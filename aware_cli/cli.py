@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aware_cli import __version__
+from aware_cli.config.schema import AlignPlotOptions, CalibrateOptions
 from aware_cli.errors import AwareError
 
 app = typer.Typer(
@@ -32,7 +34,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
-T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 OVERRIDES_HELP = ("recipe=NAME (a recipe in recipes/ or a path to a YAML file) followed by Hydra overrides: "
                   "k=8 gate.tau_mu=0.6 +data.limit=100 model=tiny")
@@ -69,25 +71,30 @@ def root(
 
 def _speaks(error: BaseException) -> bool:
     """Under torchrun an error every rank raised together is printed by rank 0 alone; others by their rank."""
-    from aware_cli.pipeline.distributed import is_on_every_rank
+    from aware_cli.pipeline.parallel.distributed import is_on_every_rank
 
     return os.environ.get("RANK", "0") == "0" or not is_on_every_rank(error)
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body: user errors become one line on stderr and exit code 2 (their `exit_code`)."""
-    try:
-        return fn()
-    except AwareError as e:
-        if _state["debug"]:
-            raise
-        if _speaks(e):
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code)
-    except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":
-            err_console.print("interrupted")
-        raise typer.Exit(130)
+def guarded(command: F) -> F:
+    """A command's error handling: user errors become one line on stderr and exit code 2 (their `exit_code`)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AwareError as e:
+            if _state["debug"]:
+                raise
+            if _speaks(e):
+                err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            if os.environ.get("RANK", "0") == "0":
+                err_console.print("interrupted")
+            raise typer.Exit(130)
+
+    return run  # type: ignore[return-value]
 
 
 def split_recipe(args: List[str]) -> Tuple[str, List[str]]:
@@ -99,25 +106,24 @@ def split_recipe(args: List[str]) -> Tuple[str, List[str]]:
 
 
 @app.command(context_settings=EXTRA_ARGS)
+@guarded
 def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False)) -> None:
     """Fine-tune a model with a recipe.
 
     Example: aware train recipe=alpaca k=8 gate.tau_mu=0.7 trainer.max_steps=200 output_dir=runs/a
     """
 
-    def body() -> None:
-        from aware_cli.config import compose
-        from aware_cli.pipeline.train import run_training
+    from aware_cli.config import compose
+    from aware_cli.pipeline.train import run_training
 
-        recipe, rest = split_recipe(list(overrides or []))
-        composed = compose(recipe, rest)
-        if composed.config.trainer.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            raise typer.Exit(_relaunch_under_torchrun(composed.config.trainer.nproc, list(overrides or [])))
-        run_dir = run_training(composed, console)
-        if os.environ.get("RANK", "0") == "0":
-            console.print(f"[bold green]run directory:[/] {run_dir}")
+    recipe, rest = split_recipe(list(overrides or []))
+    composed = compose(recipe, rest)
+    if composed.config.trainer.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch_under_torchrun(composed.config.trainer.nproc, list(overrides or [])))
+    run_dir = run_training(composed, console)
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[bold green]run directory:[/] {run_dir}")
 
-    _guard(body)
 
 
 def _relaunch_under_torchrun(nproc: int, args: List[str]) -> int:
@@ -154,27 +160,27 @@ def _relaunch_under_torchrun(nproc: int, args: List[str]) -> int:
 
 
 @app.command(context_settings=EXTRA_ARGS)
+@guarded
 def validate(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False)) -> None:
     """Compose and type-check a recipe, print the resolved config; loads no model or data.
 
     Example: aware validate recipe=alpaca gate.tau_mu=0.6
     """
 
-    def body() -> None:
-        import yaml
+    import yaml
 
-        from aware_cli.config import compose
+    from aware_cli.config import compose
 
-        recipe, rest = split_recipe(list(overrides or []))
-        composed = compose(recipe, rest)
-        console.print(yaml.safe_dump(composed.resolved, sort_keys=False, allow_unicode=True), highlight=False,
-                      markup=False, soft_wrap=True)  # as written: a wrapped line would not be YAML
-        err_console.print(f"[green]ok:[/] {composed.recipe_path}")
+    recipe, rest = split_recipe(list(overrides or []))
+    composed = compose(recipe, rest)
+    console.print(yaml.safe_dump(composed.resolved, sort_keys=False, allow_unicode=True), highlight=False,
+                  markup=False, soft_wrap=True)  # as written: a wrapped line would not be YAML
+    err_console.print(f"[green]ok:[/] {composed.recipe_path}")
 
-    _guard(body)
 
 
 @app.command(context_settings=EXTRA_ARGS)
+@guarded
 def verify(
     overrides: Optional[List[str]] = typer.Argument(
         None, show_default=False,
@@ -196,46 +202,44 @@ def verify(
               aware verify --verifier harm --file pairs.jsonl --out scores.json
     """
 
-    def body() -> None:
-        import json
+    import json
 
-        from aware_cli.config import compose
-        from aware_cli.config.schema import DataConfig
-        from aware_cli.data import Example, load_examples
-        from aware_cli.pipeline.verify import score_examples
-        from aware_cli.verifiers import build_verifier
+    from aware_cli.config import compose
+    from aware_cli.config.schema import DataConfig
+    from aware_cli.data import Example, load_examples
+    from aware_cli.pipeline.verify import score_examples
+    from aware_cli.verifiers import build_verifier
 
-        args = list(overrides or [])
-        recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "alpaca")
-        rest = [a for a in args if not a.startswith("recipe=")]
-        rest = [a if a.lstrip("+").startswith(("verifier.", "verifier=")) else f"verifier.{a}" for a in rest]
-        cfg = compose(recipe, ([f"verifier={verifier}"] if verifier else []) + rest).config.verifier
-        if (file is None) == (prompt is None or response is None):
-            raise AwareError("give either --prompt and --response, or --file")
-        if file is not None:
-            data = DataConfig(path=str(file), format="auto", prompt_field=prompt_field, input_field=None,
-                              response_field=response_field, label_field=label_field, shuffle=False, eval_size=0)
-            examples = load_examples(data)
-        else:
-            examples = [Example(id="0", prompt=prompt, response=response)]
-        scores = score_examples(build_verifier(cfg), examples, reference_field)
-        rows = [{"id": ex.id, "prompt": ex.prompt, "response": ex.response, "score": s}
-                for ex, s in zip(examples, scores)]
-        if file is None:
-            console.print(f"score: {_fmt_score(scores[0])} ({cfg.name})")
-        else:
-            table = Table("id", "prompt", "response", "score", title=f"{cfg.name} verifier")
-            for row in rows:
-                table.add_row(row["id"], _clip(row["prompt"]), _clip(row["response"]), _fmt_score(row["score"]))
-            console.print(table)
-            judged = [s for s in scores if s is not None]
-            console.print(f"{len(rows)} rows, mean score {_fmt_score(sum(judged) / len(judged) if judged else None)}, "
-                          f"{len(rows) - len(judged)} unjudged")
-        if out is not None:
-            out.write_text(json.dumps({"verifier": cfg.name, "scores": rows}, indent=2, ensure_ascii=False) + "\n")
-            console.print(f"wrote {out}")
+    args = list(overrides or [])
+    recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "alpaca")
+    rest = [a for a in args if not a.startswith("recipe=")]
+    rest = [a if a.lstrip("+").startswith(("verifier.", "verifier=")) else f"verifier.{a}" for a in rest]
+    cfg = compose(recipe, ([f"verifier={verifier}"] if verifier else []) + rest).config.verifier
+    if (file is None) == (prompt is None or response is None):
+        raise AwareError("give either --prompt and --response, or --file")
+    if file is not None:
+        data = DataConfig(path=str(file), format="auto", prompt_field=prompt_field, input_field=None,
+                          response_field=response_field, label_field=label_field, shuffle=False, eval_size=0)
+        examples = load_examples(data)
+    else:
+        examples = [Example(id="0", prompt=prompt, response=response)]
+    scores = score_examples(build_verifier(cfg), examples, reference_field)
+    rows = [{"id": ex.id, "prompt": ex.prompt, "response": ex.response, "score": s}
+            for ex, s in zip(examples, scores)]
+    if file is None:
+        console.print(f"score: {_fmt_score(scores[0])} ({cfg.name})")
+    else:
+        table = Table("id", "prompt", "response", "score", title=f"{cfg.name} verifier")
+        for row in rows:
+            table.add_row(row["id"], _clip(row["prompt"]), _clip(row["response"]), _fmt_score(row["score"]))
+        console.print(table)
+        judged = [s for s in scores if s is not None]
+        console.print(f"{len(rows)} rows, mean score {_fmt_score(sum(judged) / len(judged) if judged else None)}, "
+                      f"{len(rows) - len(judged)} unjudged")
+    if out is not None:
+        out.write_text(json.dumps({"verifier": cfg.name, "scores": rows}, indent=2, ensure_ascii=False) + "\n")
+        console.print(f"wrote {out}")
 
-    _guard(body)
 
 
 def _fmt_score(score: Optional[float]) -> str:
@@ -248,6 +252,7 @@ def _clip(text: str, width: int = 60) -> str:
 
 
 @app.command("eval", context_settings=EXTRA_ARGS)
+@guarded
 def eval_command(
     suite: str = typer.Argument(..., help="advbench, phrasings, sensitive, xstest, truthfulqa, hexphi, slaq, task, "
                                 "harmful — or `compare DIR DIR ...`."),
@@ -264,36 +269,30 @@ def eval_command(
               aware eval compare runs/base runs/sft runs/aware --out compare.md
     """
 
-    def body() -> None:
-        if suite == "compare":
-            _eval_compare([Path(d) for d in overrides or []], out)
-            return
-        from aware_cli.config import compose
-        from aware_cli.config.compose import group_options
-        from aware_cli.config.schema import EvalRunConfig
-        from aware_cli.eval.runner import run_eval
+    if suite == "compare":
+        _eval_compare([Path(d) for d in overrides or []], out)
+        return
+    from aware_cli.config import compose
+    from aware_cli.config.compose import model_overrides
+    from aware_cli.config.schema import EvalRunConfig
+    from aware_cli.eval.runner import run_eval
 
-        args = []
-        for arg in overrides or []:  # model=<not a config-group option> names the model itself
-            key, _, value = arg.partition("=")
-            if key == "model" and value not in group_options("model"):
-                arg = f"model.name_or_path={value}"
-            if key == "judge":  # judge=NAME: the suite's judge is a verifier config
-                arg = f"verifier={value}"
-            args.append(arg)
-        cfg = compose(suite, args, schema=EvalRunConfig, subdir="eval").config
-        directory, metrics = run_eval(cfg, console)
-        table = Table("metric", "value", title=f"{suite} — {cfg.model.name_or_path}")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-        console.print(table)
-        console.print(f"[bold green]wrote:[/] {directory / 'metrics.json'}, {directory / 'responses.jsonl'}")
+    # model=<not a config-group option> names the model itself; judge=NAME: the suite's judge (a verifier config)
+    args = [f"verifier={a.partition('=')[2]}" if a.startswith("judge=") else a
+            for a in model_overrides(list(overrides or []))]
+    cfg = compose(suite, args, schema=EvalRunConfig, subdir="eval").config
+    directory, metrics = run_eval(cfg, console)
+    table = Table("metric", "value", title=f"{suite} — {cfg.model.name_or_path}")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"[bold green]wrote:[/] {directory / 'metrics.json'}, {directory / 'responses.jsonl'}")
 
-    _guard(body)
 
 
 @app.command("export")
+@guarded
 def export_command(
     source: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A run directory (its final/), a checkpoint (RUN/checkpoints/step-N or "
                                   "RUN/checkpoints/best) or an adapter directory."),
@@ -317,30 +316,28 @@ def export_command(
               HF_TOKEN=hf_... aware export runs/alpaca-20261125-101010 exported/alpaca --push-to-hub me/aware-smollm2
     """
 
-    def body() -> None:
-        from aware_cli.models.export import TOLERANCE, check_push, export, push_to_hub as push
+    from aware_cli.models.export import TOLERANCE, check_push, export, push_to_hub as push
 
-        token = check_push(push_to_hub)  # before any work: a missing token is a one-line error
-        result = export(source, out, adapter_only=adapter_only, dtype=dtype, max_shard_size=max_shard_size,
-                        force=force)
-        weights = [f for f in result.files if f.endswith(".safetensors") and not f.startswith("base/")]
-        what = "PEFT adapter" if result.kind == "adapter" else f"merged {dtype} weights"
-        console.print(f"exported {result.source.label} → {result.out}: {what} ({len(weights)} safetensors "
-                      f"file{'s' if len(weights) != 1 else ''}), tokenizer, "
-                      f"{'' if result.kind == 'adapter' else 'generation config, '}README.md",
+    token = check_push(push_to_hub)  # before any work: a missing token is a one-line error
+    result = export(source, out, adapter_only=adapter_only, dtype=dtype, max_shard_size=max_shard_size,
+                    force=force)
+    weights = [f for f in result.files if f.endswith(".safetensors") and not f.startswith("base/")]
+    what = "PEFT adapter" if result.kind == "adapter" else f"merged {dtype} weights"
+    console.print(f"exported {result.source.label} → {result.out}: {what} ({len(weights)} safetensors "
+                  f"file{'s' if len(weights) != 1 else ''}), tokenizer, "
+                  f"{'' if result.kind == 'adapter' else 'generation config, '}README.md",
+                  highlight=False, soft_wrap=True)
+    if result.kind == "adapter":
+        console.print(f"adapter base_model_name_or_path: {result.hub_base}"
+                      + (" (the base has no hub id: its weights are in OUT/base)" if result.wrote_base else ""),
                       highlight=False, soft_wrap=True)
-        if result.kind == "adapter":
-            console.print(f"adapter base_model_name_or_path: {result.hub_base}"
-                          + (" (the base has no hub id: its weights are in OUT/base)" if result.wrote_base else ""),
-                          highlight=False, soft_wrap=True)
-        bound = f" (≤ {TOLERANCE:g})" if result.checked else " (not float32: rounding, not checked)"
-        console.print(f"check: max |logit difference| run vs export = {result.max_logit_diff:.3g}{bound}",
+    bound = f" (≤ {TOLERANCE:g})" if result.checked else " (not float32: rounding, not checked)"
+    console.print(f"check: max |logit difference| run vs export = {result.max_logit_diff:.3g}{bound}",
+                  highlight=False, soft_wrap=True)
+    if push_to_hub:
+        console.print(f"pushed to {push_to_hub}: {push(result.out, push_to_hub, token, private=private)}",
                       highlight=False, soft_wrap=True)
-        if push_to_hub:
-            console.print(f"pushed to {push_to_hub}: {push(result.out, push_to_hub, token, private=private)}",
-                          highlight=False, soft_wrap=True)
 
-    _guard(body)
 
 
 def _eval_compare(directories: List[Path], out: Optional[Path]) -> None:
@@ -358,142 +355,84 @@ def _eval_compare(directories: List[Path], out: Optional[Path]) -> None:
     console.print(f"wrote {target}")
 
 
-def _take(args: List[str], keys: Tuple[str, ...]) -> Tuple[dict, List[str]]:
-    """Split `key=value` arguments into the command's own keys and the recipe overrides."""
-    own, rest = {}, []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in keys:
-            own[key] = value
-        else:
-            rest.append(arg)
-    return own, rest
+def _options_help(schema: type, lead: str) -> str:
+    """An argument's help: `lead`, then each KEY=VALUE option of `schema` with its meaning."""
+    from aware_cli.config.validate import field_docs
 
-
-def _model_overrides(args: List[str]) -> List[str]:
-    """`model=X` where X is not a model config group (smollm2, tiny, hf) names the model itself."""
-    from aware_cli.config.compose import group_options
-
-    out = []
-    for arg in args:
-        key, _, value = arg.partition("=")
-        out.append(f"model.name_or_path={value}" if key == "model" and value not in group_options("model") else arg)
-    return out
-
-
-def _points_for(own: dict, rest: List[str], default_limit: int):
-    """(points, gate, where) from run=DIR, points=FILE or by sampling the recipe's model."""
-    from aware_cli.config import compose
-    from aware_cli.eval.align_plot import load_gate, load_points
-
-    if "run" in own:
-        return load_points(own["run"]), load_gate(own["run"]), Path(own["run"])
-    cfg = compose(own.get("recipe", "alpaca"), _model_overrides(rest)).config
-    if "points" in own:
-        return load_points(own["points"]), cfg.gate, Path(own["points"]).parent
-    from aware_cli.eval.points import compute_points
-
-    return compute_points(cfg, int(own.get("limit", default_limit)), console), cfg.gate, None
+    return lead + " Options: " + " ".join(f"{key}: {doc}" for key, _, _, doc in field_docs(schema))
 
 
 @app.command("align-plot", context_settings=EXTRA_ARGS)
+@guarded
 def align_plot(args: Optional[List[str]] = typer.Argument(
-        None, show_default=False, help="run=DIR, or recipe=NAME model=... data.path=... k=8 limit=32; "
-        "out=PATH format=png|svg title=TEXT")) -> None:
+        None, show_default=False, help=_options_help(AlignPlotOptions,
+                                                     "run=DIR, or recipe=NAME model=... data.path=... k=8 limit=32; "
+                                                     "out=PATH format=png|svg title=TEXT."))) -> None:
     """Draw the μ–σ ALIGN-PLOT of a run (samples.jsonl), or of any model before training.
 
     Examples: aware align-plot run=runs/alpaca-20261125-101010
               aware align-plot recipe=alpaca model=embedded:smollm2-135m-instruct k=8 limit=32 out=before.png
     """
+    from aware_cli.config.compose import split_options
+    from aware_cli.eval import commands
 
-    def body() -> None:
-        import time
-
-        from aware_cli.eval.align_plot import draw_align_plot, write_points_jsonl
-
-        own, rest = _take(list(args or []), ("run", "points", "recipe", "out", "format", "title", "limit"))
-        fmt = own.get("format") or (Path(own["out"]).suffix.lstrip(".") if "out" in own else "png")
-        if fmt not in ("png", "svg"):
-            raise AwareError(f"format: expected png or svg, got {fmt!r}")
-        points, gate, where = _points_for(own, rest, default_limit=32)
-        if where is None:  # computed now: keep the points next to the figure
-            where = Path(own["out"]).parent if "out" in own else Path("runs") / f"align-plot-{time.strftime('%Y%m%d-%H%M%S')}"
-            where.mkdir(parents=True, exist_ok=True)
-            console.print(f"points: {write_points_jsonl(points, where / 'points.jsonl')}")
-        out = Path(own["out"]) if "out" in own else where / f"align_plot.{fmt}"
-        draw_align_plot(points, gate, out, title=own.get("title"), fmt=fmt)
-        console.print(f"[bold green]align-plot:[/] {out} ({len(points)} points)")
-
-    _guard(body)
+    opts, overrides = split_options(list(args or []), AlignPlotOptions)
+    out, count = commands.align_plot(opts, overrides, console)
+    console.print(f"[bold green]align-plot:[/] {out} ({count} points)")
 
 
 @app.command(context_settings=EXTRA_ARGS)
+@guarded
 def calibrate(args: Optional[List[str]] = typer.Argument(
-        None, show_default=False, help="run=DIR | points=FILE | recipe=NAME model=... k=8 limit=64; method=mixture|"
-        "shares abstain_share=0.1 pg_share=0.3 tau_sigma=0.1 out=gate.yaml")) -> None:
+        None, show_default=False, help=_options_help(CalibrateOptions,
+                                                     "run=DIR | points=FILE | recipe=NAME model=... k=8 limit=64; "
+                                                     "method=mixture|shares abstain_share=0.1 pg_share=0.3 "
+                                                     "tau_sigma=0.1 out=gate.yaml."))) -> None:
     """Fit the gate thresholds (τ_μ, τ_σ, τ_abstain) from a calibration set; write a gate YAML and its align-plot.
 
     Examples: aware calibrate recipe=alpaca k=8 limit=64 out=recipes/gate/calibrated.yaml
               aware calibrate run=runs/alpaca-20261125-101010 method=shares abstain_share=0.1 pg_share=0.3
     """
+    from aware_cli.config.compose import split_options
+    from aware_cli.eval import commands
 
-    def body() -> None:
-        from aware_cli.eval.align_plot import draw_align_plot, select_step, write_points_jsonl
-        from aware_cli.eval.calibrate import fit_gate, format_report, write_gate_yaml
-
-        own, rest = _take(list(args or []), ("run", "points", "recipe", "out", "limit", "method", "abstain_share",
-                                              "pg_share", "tau_sigma"))
-        points, base, where = _points_for(own, rest, default_limit=64)
-        if "run" in own:
-            points = select_step(points, "first")  # the model before training moved the points
-        method = own.get("method", "mixture")
-        opts = {k: float(own[k]) for k in ("abstain_share", "pg_share", "tau_sigma") if k in own}
-        gate, report = fit_gate(points, base, method, **opts)
-        console.print(format_report(report), highlight=False, markup=False)
-        out = Path(own.get("out", "gate_calibrated.yaml"))
-        write_gate_yaml(gate, out, f"Fitted by aware calibrate: method={method} on {report['n_points']} points "
-                                   f"of {where or own.get('recipe', 'alpaca')}")
-        if where is None:
-            write_points_jsonl(points, out.with_suffix(".points.jsonl"))
-        figure = draw_align_plot(points, gate, out.with_suffix(".png"), title=f"calibrated gate ({method})")
-        console.print(f"[bold green]gate:[/] {out}  [bold green]align-plot:[/] {figure}")
-
-    _guard(body)
+    opts, overrides = split_options(list(args or []), CalibrateOptions)
+    gate, figure = commands.calibrate(opts, overrides, console)
+    console.print(f"[bold green]gate:[/] {gate}  [bold green]align-plot:[/] {figure}")
 
 
 @recipes_app.command("ls")
+@guarded
 def recipes_ls() -> None:
     """Table of the shipped recipes: name, description, model, data."""
 
-    def body() -> None:
-        from aware_cli.config import compose, list_recipes, recipe_description
+    from aware_cli.config import compose, list_recipes, recipe_description
 
-        table = Table("name", "description", "model", "data")
-        for path in list_recipes():
-            config = compose(str(path)).config
-            table.add_row(path.stem, recipe_description(path).get("description", ""), config.model.name_or_path,
-                          config.data.path)
-        console.print(table)
+    table = Table("name", "description", "model", "data")
+    for path in list_recipes():
+        config = compose(str(path)).config
+        table.add_row(path.stem, recipe_description(path).get("description", ""), config.model.name_or_path,
+                      config.data.path)
+    console.print(table)
 
-    _guard(body)
 
 
 @recipes_app.command("show")
+@guarded
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. alpaca.")) -> None:
     """Print a recipe file as shipped (before composition).
 
     Example: aware recipes show alpaca
     """
 
-    def body() -> None:
-        from aware_cli.config import resolve_recipe
+    from aware_cli.config import resolve_recipe
 
-        console.print(resolve_recipe(name).read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print(resolve_recipe(name).read_text(), highlight=False, markup=False, soft_wrap=True)
 
-    _guard(body)
 
 
 @recipes_app.command("cp")
+@guarded
 def recipes_cp(
     name: str = typer.Argument(..., help="Recipe name, e.g. alpaca."),
     dest: Path = typer.Argument(..., help="Where to write the copy, e.g. my_recipe.yaml."),
@@ -504,51 +443,48 @@ def recipes_cp(
     Example: aware recipes cp alpaca my_alpaca.yaml
     """
 
-    def body() -> None:
-        from aware_cli.config import resolve_recipe
+    from aware_cli.config import resolve_recipe
 
-        if dest.exists() and not force:
-            raise AwareError(f"{dest} exists (use --force to overwrite)")
-        shutil.copyfile(resolve_recipe(name), dest)
-        console.print(f"copied {name} → {dest}")
+    if dest.exists() and not force:
+        raise AwareError(f"{dest} exists (use --force to overwrite)")
+    shutil.copyfile(resolve_recipe(name), dest)
+    console.print(f"copied {name} → {dest}")
 
-    _guard(body)
 
 
 @data_app.command("ls")
+@guarded
 def data_ls() -> None:
     """Table of the built-in data sets: name (use as data.path=builtin:NAME), rows, licence, use."""
 
-    def body() -> None:
-        from aware_cli.data import builtin
+    from aware_cli.data import builtin
 
-        table = Table("name", "rows", "licence", "use", title="built-in data (data.path=builtin:NAME)")
-        for entry in builtin.listing():
-            table.add_row(entry.name, str(entry.rows), entry.licence, entry.use)
-        console.print(table)
-        console.print("origin and attribution of each: aware data show NAME")
+    table = Table("name", "rows", "licence", "use", title="built-in data (data.path=builtin:NAME)")
+    for entry in builtin.listing():
+        table.add_row(entry.name, str(entry.rows), entry.licence, entry.use)
+    console.print(table)
+    console.print("origin and attribution of each: aware data show NAME")
 
-    _guard(body)
 
 
 @data_app.command("show")
+@guarded
 def data_show(name: str = typer.Argument(..., help="Built-in data set, e.g. advbench.")) -> None:
     """Print a built-in data set's SOURCE.md (origin, licence, attribution, columns) and its file path.
 
     Example: aware data show alpaca-demo
     """
 
-    def body() -> None:
-        from aware_cli.data import builtin
+    from aware_cli.data import builtin
 
-        entry = builtin.get(name)
-        console.print(entry.source_md.read_text(), highlight=False, markup=False, soft_wrap=True)
-        console.print(f"file: {entry.path}", highlight=False)
+    entry = builtin.get(name)
+    console.print(entry.source_md.read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"file: {entry.path}", highlight=False)
 
-    _guard(body)
 
 
 @data_app.command("cp")
+@guarded
 def data_cp(
     name: str = typer.Argument(..., help="Built-in data set, e.g. alpaca-demo."),
     dest: Path = typer.Argument(..., help="Where to write the copy (a file, or a directory to put it in)."),
@@ -559,17 +495,15 @@ def data_cp(
     Example: aware data cp alpaca-demo my_alpaca.json
     """
 
-    def body() -> None:
-        from aware_cli.data import builtin
+    from aware_cli.data import builtin
 
-        entry = builtin.get(name)
-        target = dest / entry.path.name if dest.is_dir() else dest
-        if target.exists() and not force:
-            raise AwareError(f"{target} exists (use --force to overwrite)")
-        shutil.copyfile(entry.path, target)
-        console.print(f"copied builtin:{entry.name} → {target} ({entry.licence})")
+    entry = builtin.get(name)
+    target = dest / entry.path.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise AwareError(f"{target} exists (use --force to overwrite)")
+    shutil.copyfile(entry.path, target)
+    console.print(f"copied builtin:{entry.name} → {target} ({entry.licence})")
 
-    _guard(body)
 
 
 def _quiet_libraries() -> None:

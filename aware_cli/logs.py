@@ -55,8 +55,10 @@ def route_libraries() -> None:
     transformers and huggingface_hub (always used) are imported here so that their handlers exist to
     be removed; datasets is routed when it is already imported (it is quieted where aware uses it).
     """
-    import huggingface_hub.utils.logging  # noqa: F401 - creates the library logger and its handler
-    import transformers.utils.logging  # noqa: F401
+    import importlib
+
+    for module in ("huggingface_hub.utils.logging", "transformers.utils.logging"):
+        importlib.import_module(module)  # creates the library logger and its handler
 
     for name in LIBRARIES:
         if name not in sys.modules:

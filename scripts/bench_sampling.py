@@ -40,7 +40,7 @@ def main() -> int:
     from aware_cli.config import compose
     from aware_cli.data import build_prompt_ids, builtin
     from aware_cli.models import load_model
-    from aware_cli.pipeline.sample import generate
+    from aware_cli.pipeline.rollout.sample import generate
 
     _quiet_libraries()
     cfg = compose("alpaca", [f"model={args.model}"]).config
@@ -49,7 +49,7 @@ def main() -> int:
     rows = json.loads(builtin.resolve(args.data).read_text())[: args.batch]
     prompts = [build_prompt_ids(tokenizer, r["instruction"], max_tokens=256)[0] for r in rows]
     if args.no_eos:  # an EOS id no token has: both engines run every sample to max_new_tokens
-        import aware_cli.pipeline.sample as sample_module
+        import aware_cli.pipeline.rollout.sample as sample_module
 
         sample_module.eos_token_ids = lambda model, tokenizer: [-1]
 

@@ -80,30 +80,21 @@ def _train_step(policy, batch, step):
 
 
 def _policy(cfg):
-    """The pieces `run_training` builds, without a run directory."""
+    """The `Policy` `run_training` builds (`build_policy`), without a run directory."""
     from aware_cli.data.mix import load_training_data
-    from aware_cli.models import load_model, trainable_parameters
-    from aware_cli.pipeline.step import Policy
-    from aware_cli.pipeline.train import encode_examples
-    from aware_cli.pipeline.update import build_optimizer, build_scheduler
-    from aware_cli.verifiers import build_verifier
+    from aware_cli.models import load_model
+    from aware_cli.pipeline.train import build_policy
 
     data = load_training_data(cfg.data, base_dir=ROOT)
     model, tokenizer = load_model(cfg.model)
-    device = next(model.parameters()).device
-    prompt_ids, target_ids, _ = encode_examples(cfg, tokenizer, data.train + data.held_out)
-    params = trainable_parameters(model)
-    optimizer = build_optimizer(params, cfg.trainer)
-    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=build_verifier(cfg.verifier),
-                    optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.trainer), params=params,
-                    device=device, prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=[[tokenizer.eos_token_id]])
+    policy, _ = build_policy(cfg, model, tokenizer, data.train + data.held_out, next(model.parameters()).device)
     return policy, data.train
 
 
 def bench_trl(args) -> dict:
-    try:
-        import trl  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
         return {"impl": "trl", "error": "trl is not installed (pip install trl)"}
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback

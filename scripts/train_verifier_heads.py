@@ -55,7 +55,7 @@ sys.path.insert(0, str(PROJECT_ROOT))  # run from a checkout without installing
 from aware_cli.config.schema import EMBEDDED_ENCODER  # noqa: E402
 from aware_cli.data import builtin  # noqa: E402
 from aware_cli.verifiers.heads import SHIPPED_HEADS, HeadSpec, make_head, save_heads  # noqa: E402
-from aware_cli.verifiers.refusal import refusal_score  # noqa: E402
+from aware_cli.verifiers.phrases import refusal_score  # noqa: E402
 
 TRAIN_FRAC = 0.7
 FOLDS = 5
@@ -723,7 +723,7 @@ def embedded_answers(prompts: List[str], max_new_tokens: int = 64) -> List[str]:
     from aware_cli.config.schema import ModelConfig
     from aware_cli.data import build_prompt_ids
     from aware_cli.models import cache_dir, load_model
-    from aware_cli.pipeline.sample import generate
+    from aware_cli.pipeline.rollout.sample import generate
 
     key = hashlib.sha256(json.dumps([prompts, max_new_tokens]).encode("utf-8")).hexdigest()[:16]
     path = cache_dir() / "verifier-report" / f"answers-{key}.json"

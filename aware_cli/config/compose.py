@@ -63,6 +63,41 @@ def group_options(group: str) -> List[str]:
     return sorted(p.stem for p in (recipes_dir() / group).glob("*.yaml"))
 
 
+def model_overrides(args: List[str]) -> List[str]:
+    """`model=X` where X is not a model config group (smollm2, tiny, hf) names the model itself."""
+    options = group_options("model")
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        out.append(f"model.name_or_path={value}" if key == "model" and value not in options else arg)
+    return out
+
+
+def split_options(args: List[str], schema: type, prefix: str = "") -> Tuple[Any, List[str]]:
+    """(`schema` built from the KEY=VALUE arguments that name its fields, the other arguments).
+
+    Values are read as YAML (limit=8 is a number) except for text fields; `build` checks them, so a
+    bad value is a ConfigError naming the key."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    own: Dict[str, Any] = {}
+    rest: List[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not (sep and key in names):
+            rest.append(arg)
+            continue
+        text = hints[key] in (str, Optional[str])
+        try:
+            own[key] = value if text else yaml.safe_load(value)
+        except yaml.YAMLError:
+            own[key] = value
+    return build(schema, own, prefix), rest
+
+
 def recipe_description(path: Path) -> Dict[str, Any]:
     """Top-level fields of a recipe file without composing it (for `aware recipes ls`)."""
     return _load_yaml(path) or {}
@@ -227,14 +262,9 @@ def check_consistency(cfg: AwareConfig) -> None:
         raise ConfigError(f"gate.tau_abstain ({cfg.gate.tau_abstain}) must not exceed gate.tau_mu ({cfg.gate.tau_mu})")
     if cfg.gate.abstain and not cfg.gate.refusals:
         raise ConfigError("gate.refusals: needs at least one refusal target when gate.abstain is true")
-    needs_reference = cfg.objective.name in ("dpo", "constrained_sft") or (
-        cfg.objective.name == "shapo" and cfg.objective.shapo_level == "reward")
-    if needs_reference and cfg.model.finetune != "lora":
-        raise ConfigError(f"objective={cfg.objective.name} needs the reference model, which aware takes from the base "
-                          f"with LoRA adapters disabled: use model.finetune=lora")
-    if cfg.objective.pairs_path and cfg.objective.name not in ("dpo", "gapo", "shapo"):
-        raise ConfigError(f"objective.pairs_path: offline preference pairs train objective=dpo, gapo or shapo, "
-                          f"not objective={cfg.objective.name}")
+    from aware_cli.pipeline.objectives import get_objective
+
+    get_objective(cfg.objective.name).check(cfg)  # the registry: a known name, a reference model, pairs
     if cfg.objective.pairs_path and cfg.data.mix.path:
         raise ConfigError("data.mix.path: cannot be mixed into offline preference pairs (objective.pairs_path)")
     if cfg.verifier.name == "python" and not cfg.verifier.target:

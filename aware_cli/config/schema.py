@@ -320,8 +320,8 @@ class ObjectiveConfig:
     name: str = field("aware", "aware (gated SFT + PG + abstention), sft (plain SFT, no sampling), pg (PG only), "
                       "grpo (= pg: the group-normalised PG loss), dpo, gapo, shapo (preference losses on online "
                       "pairs from the scored samples, or offline pairs from pairs_path), constrained_sft (SFT "
-                      "keeping the first response tokens near the base model on harmful prompts). See docs/objectives.md.",
-                      choices=["aware", "sft", "pg", "grpo", "dpo", "gapo", "shapo", "constrained_sft"])
+                      "keeping the first response tokens near the base model on harmful prompts), or any objective registered "
+                      "in pipeline/objectives/. See docs/objectives.md.")
     lambda_pg: float = field(1.0, "λ_pg: weight of the PG term.", ge=0.0)
     kl_coef: float = field(0.0, "KL penalty to the reference model on the samples (0: off; LoRA only: the "
                                 "reference is the base with adapters disabled).", ge=0.0)
@@ -527,3 +527,35 @@ class EvalRunConfig:
     output_dir: Optional[str] = field(None, "Where eval/<suite>/ goes (default: the run directory for a run, "
                                       "else runs/eval-<suite>-<timestamp>).")
     seed: int = field(0, "Seed of sampling (do_sample=true).")
+
+
+@dataclass
+class PointsOptions:
+    """Where the (μ, σ) points of `aware align-plot` and `aware calibrate` come from."""
+
+    run: Optional[str] = field(None, "A run directory: its samples.jsonl (calibrate: its first step's points).")
+    points: Optional[str] = field(None, "A points .jsonl file (written by align-plot or calibrate).")
+    recipe: str = field("alpaca", "Without run/points: sample this recipe's model (model=... to change it) on "
+                        "its prompts.")
+
+
+@dataclass
+class AlignPlotOptions(PointsOptions):
+    """`aware align-plot` KEY=VALUE options; any other KEY=VALUE is an override of the recipe."""
+
+    limit: int = field(32, "Without run/points: prompts sampled.", ge=1)
+    out: Optional[str] = field(None, "The figure (default: align_plot.FORMAT next to the points).")
+    format: Optional[str] = field(None, "png or svg (default: out's suffix, else png).")
+    title: Optional[str] = field(None, "The figure's title.")
+
+
+@dataclass
+class CalibrateOptions(PointsOptions):
+    """`aware calibrate` KEY=VALUE options; any other KEY=VALUE is an override of the recipe."""
+
+    limit: int = field(64, "Without run/points: prompts sampled.", ge=1)
+    method: str = field("mixture", "mixture (two modes of μ) or shares (abstain_share, pg_share).")
+    abstain_share: Optional[float] = field(None, "method=shares: share of points that should abstain.")
+    pg_share: Optional[float] = field(None, "method=shares: share of points in the PG regime.")
+    tau_sigma: Optional[float] = field(None, "τ_σ to keep instead of fitting it.")
+    out: str = field("gate_calibrated.yaml", "The gate file written (its align-plot next to it, .png).")

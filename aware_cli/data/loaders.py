@@ -315,11 +315,22 @@ def _chat_pair(cfg: DataConfig, row: dict) -> tuple[str, str, dict]:
     response = ""
     if turns and turns[-1]["role"] == "assistant":
         response = turns.pop()["content"]
+    found = last_user_turn(turns)
+    if found is None:
+        raise _RowProblem(f"field '{MESSAGES_FIELD}' has no user message before the final assistant message")
+    prompt, history = found
+    return prompt, response, {"history": history}
+
+
+def last_user_turn(turns: list[dict]) -> Optional[tuple[str, list[dict]]]:
+    """(the last user turn's text, the turns before it as history) of [{role, content}] turns; None without one.
+
+    Shared by chat rows here and by preference rows (`preference.py`)."""
     user_turns = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
     if not user_turns:
-        raise _RowProblem(f"field '{MESSAGES_FIELD}' has no user message before the final assistant message")
+        return None
     last_user = user_turns[-1]
-    return turns[last_user]["content"], response, {"history": turns[:last_user]}
+    return turns[last_user]["content"], turns[:last_user]
 
 
 def _chat_turns(row: dict) -> list[dict]:

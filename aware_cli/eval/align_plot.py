@@ -34,7 +34,9 @@ from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import build
 from aware_cli.errors import ConfigError, DataError
 from aware_cli.extras import require
+from aware_cli.files import replace_atomic, write_atomic
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, gate_group, soft_beta
+from aware_cli.pipeline.rundir import SampleRecord
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -97,18 +99,19 @@ def load_points(run_dir: PathLike) -> List[Dict[str, Any]]:
             raise DataError(f"{where}: malformed JSON ({e.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        mu, sigma = record.get("mu"), record.get("sigma")
+        parsed = SampleRecord.from_dict(record)
+        mu, sigma = parsed.mu, parsed.sigma
         if mu is None or sigma is None:
             continue
         if not (_number(mu) and 0.0 <= mu <= 1.0):
             raise DataError(f"{where}: mu must be a number in [0, 1] or null, got {mu!r}")
         if not (_number(sigma) and 0.0 <= sigma <= 0.5 + 1e-9):
             raise DataError(f"{where}: sigma must be a number in [0, 0.5] or null, got {sigma!r}")
-        step = record.get("step", 0)
+        step = parsed.step
         if not (isinstance(step, int) and not isinstance(step, bool)):
             raise DataError(f"{where}: step must be an integer, got {step!r}")
-        if record.get("regime") not in REGIMES:
-            raise DataError(f"{where}: regime must be one of {', '.join(REGIMES)}, got {record.get('regime')!r}")
+        if parsed.regime not in REGIMES:
+            raise DataError(f"{where}: regime must be one of {', '.join(REGIMES)}, got {parsed.regime!r}")
         points.append({**record, "step": step, "mu": float(mu), "sigma": float(sigma)})
     return points
 
@@ -147,14 +150,10 @@ def points_from_scores(scores: Sequence[Sequence[Optional[float]]], gate: GateCo
     records = []
     for b, group in enumerate(scores):
         g = gate_group(list(group), gate, 1.0, objective)
-        records.append({
-            "step": step,
-            "id": str(ids[b]) if ids is not None else str(b),
-            "prompt": prompts[b] if prompts is not None else None,
-            "responses": list(responses[b]) if responses is not None else None,
-            "scores": list(group),
-            "mu": g.mu, "sigma": g.sigma, "beta": g.beta, "regime": g.regime,
-        })
+        records.append(SampleRecord(step, str(ids[b]) if ids is not None else str(b),
+                                    prompts[b] if prompts is not None else None,
+                                    list(responses[b]) if responses is not None else None,
+                                    list(group), g.mu, g.sigma, g.beta, g.regime).to_dict())
     return records
 
 
@@ -170,21 +169,8 @@ def write_points_jsonl(points: Iterable[Dict[str, Any]], path: PathLike) -> Path
     """Write points as JSON lines (same fields as samples.jsonl), atomically (temp file + os.replace)."""
     path = Path(path)
     text = "".join(json.dumps(p, ensure_ascii=False, default=_json_default) + "\n" for p in points)
-    _replace_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
-
-
-def _replace_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return write_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------- data
@@ -466,5 +452,6 @@ def draw_align_plot(points: Sequence[Dict[str, Any]], gate: GateConfig, out_path
     out = Path(out_path)
     # metadata pinned so the same points give the same bytes (no date/version stamps)
     metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
-    _replace_atomic(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, metadata=metadata))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomic(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, metadata=metadata))
     return out

@@ -31,6 +31,7 @@ import yaml
 from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import suggest
 from aware_cli.errors import ConfigError
+from aware_cli.files import write_atomic
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, beta_and_regime, is_abstain
 
 REGIMES = (SFT, PG, ABSTAIN)
@@ -479,14 +480,4 @@ def write_gate_yaml(gate: GateConfig, path: Union[str, "os.PathLike[str]"], comm
     body = yaml.safe_dump(dataclasses.asdict(gate), sort_keys=False, allow_unicode=True, width=120)
     text = "".join(f"# {line}\n" for line in head) + body
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, text)

@@ -5,7 +5,6 @@ The "before" picture of an align-plot, and the calibration set of `aware calibra
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Dict, List
 
 from rich.console import Console
@@ -15,7 +14,7 @@ from aware_cli.data import build_prompt_ids
 from aware_cli.data.mix import load_training_data
 from aware_cli.eval.align_plot import points_from_scores
 from aware_cli.models.trained import load_for_eval
-from aware_cli.pipeline.sample import sample
+from aware_cli.pipeline.rollout.sample import sample
 from aware_cli.pipeline.verify import verify
 from aware_cli.verifiers import build_verifier
 
@@ -26,10 +25,7 @@ def compute_points(cfg: AwareConfig, limit: int, console: Console) -> List[Dict[
     examples = (data.train + data.held_out)[:limit]
     model, tokenizer, _ = load_for_eval(cfg.model)
     device = next(model.parameters()).device
-    verifier_cfg = cfg.verifier
-    if verifier_cfg.device == "auto":
-        verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-    verifier = build_verifier(verifier_cfg)
+    verifier = build_verifier(cfg.verifier, device)  # on the model's device unless verifier.device says
     console.print(f"sampling k={cfg.k} responses for {len(examples)} prompts with {cfg.model.name_or_path}")
     texts: List[List[str]] = []
     batch = cfg.trainer.batch_size

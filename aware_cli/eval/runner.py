@@ -17,8 +17,8 @@ from aware_cli.errors import DataError
 from aware_cli.extras import require
 from aware_cli.eval.metrics import HEADLINE, SUITE_METRICS, JudgedRow, task_quality
 from aware_cli.models.trained import load_for_eval
-from aware_cli.pipeline.rundir import write_atomic
-from aware_cli.pipeline.sample import generate
+from aware_cli.files import write_atomic
+from aware_cli.pipeline.rollout.sample import generate
 
 JUDGE_FREE = {"task"}  # suites scored against references, not by a verifier
 
@@ -126,15 +126,10 @@ def bertscore_scorer(cfg: BertScoreConfig, device: torch.device):
 
 def judge(cfg: EvalRunConfig, device: torch.device, examples: List[Example], responses: List[str]) -> List[Optional[float]]:
     """Scores of the suite's verifier (the judge) for every response."""
-    import dataclasses
-
     from aware_cli.pipeline.verify import verify
     from aware_cli.verifiers import build_verifier
 
-    verifier_cfg = cfg.verifier
-    if verifier_cfg.device == "auto":
-        verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-    scores = verify(build_verifier(verifier_cfg), examples, [[r] for r in responses])
+    scores = verify(build_verifier(cfg.verifier, device), examples, [[r] for r in responses])
     return [group[0] for group in scores]
 
 

@@ -94,7 +94,7 @@ def check_out(out: Path, force: bool) -> None:
 def export(path: Path, out: Path, *, adapter_only: bool = False, dtype: str = "float32",
            max_shard_size: str = "5GB", force: bool = False) -> ExportResult:
     """Write the export of run/checkpoint `path` to `out` (see the module docstring); returns what was done."""
-    from ..pipeline.rundir import write_dir_atomic
+    from ..files import write_dir_atomic
 
     if dtype not in HUB_DTYPES:
         raise AwareError(f"--dtype: expected one of {', '.join(HUB_DTYPES)}, got {dtype!r}")

@@ -135,26 +135,6 @@ def continues_adapter(cfg: ModelConfig) -> Optional[TrainedSource]:
     return source
 
 
-def load_trained(source: TrainedSource, cfg: ModelConfig, dtype):
-    """(model, tokenizer) of a trained source as one plain model: adapter merged (in float32) or full weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .loading import _from_pretrained, _Location, _load_base, _load_tokenizer
-
-    where = _Location(str(source.weights), "model.name_or_path")
-    tokenizer = _load_tokenizer(where, cfg)  # every checkpoint and final/ carries the tokenizer it trained with
-    if not source.adapter:
-        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, where, dtype=dtype,
-                                 trust_remote_code=cfg.trust_remote_code)
-        return model, tokenizer
-    from peft import PeftModel
-
-    base, _ = _load_base(base_config(source, cfg), torch.float32)
-    merged = PeftModel.from_pretrained(base, str(source.weights)).merge_and_unload()
-    return merged.to(dtype), tokenizer
-
-
 def lineage(name_or_path: str, limit: int = 16) -> List[TrainedSource]:
     """The chain of trained sources behind a model name: the source itself, its parent run's source, ..."""
     chain: List[TrainedSource] = []

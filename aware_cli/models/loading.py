@@ -16,6 +16,7 @@ import torch
 from ..config.schema import ModelConfig
 from ..errors import ModelError
 from .embedded import embedded_model_dir, embedded_tokenizer_dir, load_gguf
+from .lineage import TrainedSource
 
 EMBEDDED_PREFIX = "embedded:"
 TINY = "tiny"
@@ -182,7 +183,7 @@ def _load_base(cfg: ModelConfig, dtype: torch.dtype):
     """(model, tokenizer) before device placement, LoRA and the training switches."""
     from transformers import AutoModelForCausalLM
 
-    from .lineage import base_config, find_trained, load_trained
+    from .lineage import base_config, find_trained
 
     if cfg.name_or_path == TINY:
         tokenizer = load_tokenizer(cfg)
@@ -315,3 +316,22 @@ def weights_dtype(precision: str, model_dtype: str, device: torch.device) -> tor
     if training_precision(precision, device) == "bf16":
         return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def load_trained(source: TrainedSource, cfg: ModelConfig, dtype):
+    """(model, tokenizer) of a trained source as one plain model: adapter merged (in float32) or full weights."""
+    from transformers import AutoModelForCausalLM
+
+    from .lineage import base_config
+
+    where = _Location(str(source.weights), "model.name_or_path")
+    tokenizer = _load_tokenizer(where, cfg)  # every checkpoint and final/ carries the tokenizer it trained with
+    if not source.adapter:
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, where, dtype=dtype,
+                                 trust_remote_code=cfg.trust_remote_code)
+        return model, tokenizer
+    from peft import PeftModel
+
+    base, _ = _load_base(base_config(source, cfg), torch.float32)
+    merged = PeftModel.from_pretrained(base, str(source.weights)).merge_and_unload()
+    return merged.to(dtype), tokenizer

@@ -8,8 +8,8 @@ import torch
 
 from aware_cli.config.schema import EvalConfig
 from aware_cli.data import Example
-from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
-from aware_cli.pipeline.sample import generate
+from aware_cli.models.logprobs import mean_logprob, token_logprobs
+from aware_cli.pipeline.rollout.sample import generate
 from aware_cli.pipeline.verify import verify
 
 

@@ -73,13 +73,15 @@ def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float =
     abstains only when refusing is the aligned answer: consistently misaligned samples AND a refusal scored
     at least `gate.abstain_margin` above their mean; otherwise it trains on y* (a benign prompt the model
     keeps refusing is not taught to refuse). `target_score`: the score of y* (with `gate.target_check`).
+    `objective`: "pg" puts every judged input in the PG regime (β = 1; the policy-gradient-only objectives);
+    anything else gates on (μ, σ).
     """
     mu, sigma = group_stats(scores)
     adv = advantages(scores, mu, sigma, cfg.epsilon)
     zero_std = sigma is not None and sigma == 0.0
     if mu is None or sigma is None:  # nothing judged: fall back to plain SFT on y* (checked, when asked)
         return GroupGate(mu, sigma, 0.0, SFT, adv, zero_std, choose_target(SFT, target_score, refusal_score, cfg))
-    if objective in ("pg", "grpo"):
+    if objective == PG:
         return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
     beta, regime = beta_and_regime(mu, sigma, cfg, dual, refusal_score)
     return GroupGate(mu, sigma, beta, regime, adv, zero_std, choose_target(regime, target_score, refusal_score, cfg))

@@ -12,7 +12,6 @@ files do not match it is never loaded: resume falls back to the previous one wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,8 +28,8 @@ import torch
 import yaml
 
 from aware_cli.errors import ConfigError
+from aware_cli.files import COMPLETE, file_sha256, write_atomic, write_dir_atomic
 
-COMPLETE = "COMPLETE"
 TRAINING_STATE = "training_state.pt"
 TRAINER_JSON = "aware_state.json"  # aware's own schema; not Hugging Face's trainer_state.json
 LEGACY_TRAINER_JSON = "trainer_state.json"  # its former name, still read so older runs resume
@@ -42,6 +42,53 @@ AWARE_NAMES = ("config.yaml", "status.json", "metrics.jsonl", "samples.jsonl", "
                "eval_before.json", MARKER)
 # Temporaries of `write_atomic` (.NAME.tmp) and `write_dir_atomic` (.tmp-NAME) that a killed process may leave.
 _TEMPORARY = re.compile(r"^(\..+\.tmp|\.tmp-.+)$")
+
+
+@dataclass
+class SampleRecord:
+    """One line of samples.jsonl: an input of a step, its k responses and scores, and what the gate made of them.
+
+    Written by the training step (`step.train_step`) and by `align_plot.points_from_scores` ("before"
+    points, the first nine fields only); read by `align_plot.load_points`.
+    """
+
+    step: int
+    id: str
+    prompt: Optional[str]
+    responses: Optional[List[str]]
+    scores: List[Optional[float]]
+    mu: Optional[float]  # None when no sample could be judged
+    sigma: Optional[float]
+    beta: float
+    regime: str  # sft | pg | abstain
+    # what a training step adds (`zero_std` is None on points that no training step made)
+    zero_std: Optional[bool] = None
+    loss_sft: Optional[float] = None
+    loss_pg: Optional[float] = None
+    target: Optional[str] = None  # reference | refusal | none
+    refusal_score: Optional[float] = None
+    target_score: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)  # e.g. chosen_tokens / rejected_tokens of offline pairs
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON object of the line (keys in field order, `extra` last)."""
+        names = [f.name for f in fields(self) if f.name != "extra"]
+        if self.zero_std is None:
+            names = names[:names.index("zero_std")]
+        return {**{name: getattr(self, name) for name in names}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "SampleRecord":
+        """A line's object as a record: unknown keys go to `extra`, a missing step is 0."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        args = {k: v for k, v in values.items() if k in known}
+        args.setdefault("step", 0)
+        for name in ("id", "prompt", "responses", "mu", "sigma"):
+            args.setdefault(name, None)
+        args.setdefault("scores", [])
+        args.setdefault("beta", 0.0)
+        args.setdefault("regime", None)
+        return cls(**args, extra={k: v for k, v in values.items() if k not in known})
 
 
 def default_output_dir(recipe: str) -> Path:
@@ -219,74 +266,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def set_status(run_dir: Path, state: str, **extra: Any) -> None:
     """running | completed | failed | interrupted, with the time and any detail."""
     write_atomic(run_dir / "status.json", json.dumps({"state": state, "time": time.time(), **extra}) + "\n")
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_dir_atomic(path: Path, write: Callable[[Path], None], *, manifest: Optional[Dict[str, Any]] = None) -> Path:
-    """Fill a temporary sibling directory with `write(tmp)`, fsync it, then rename it to `path`.
-
-    With `manifest`, a `COMPLETE` file listing every file's sha256 is written last. If anything
-    fails (disk full, an exception in `write`), the temporary directory is removed and `path` is
-    left as it was.
-    """
-    tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        write(tmp)
-        if manifest is not None:
-            files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            (tmp / COMPLETE).write_text(json.dumps({**manifest, "files": files}, indent=1) + "\n")
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
 def checkpoint_problem(ckpt: Path) -> Optional[str]:
@@ -302,7 +287,7 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
         path = ckpt / name
         if not path.is_file():
             return f"missing {name}"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"checksum mismatch in {name}"
     return None
 

@@ -1,4 +1,4 @@
-"""One AWARE training step, top to bottom: sample → verify → gate → update.
+"""One training step, top to bottom: sample → verify → gate → update.
 
 (Stage 5, evaluation, runs every `eval.every` steps from the loop in `train.py`.)
 """
@@ -14,15 +14,13 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
-from aware_cli.pipeline import fsdp
-from aware_cli.pipeline.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
-from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, gate_group, sample_weights,
-                                     update_dual)
-from aware_cli.pipeline.sample import sample
-from aware_cli.pipeline.objectives import Pair
-from aware_cli.pipeline.preference import NO_SAMPLING, PAIRWISE, constrained_sft_update, pair_update, pairwise_update
-from aware_cli.pipeline.update import (UpdateResult, WeightedSequence, backward_gated_loss, clip_and_step,
-                                       compute_precision)
+from aware_cli.pipeline.gate import ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, update_dual
+from aware_cli.pipeline.objectives import Rollout, Update, get_objective
+from aware_cli.pipeline.parallel import fsdp
+from aware_cli.pipeline.parallel.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
+from aware_cli.pipeline.rollout.sample import sample
+from aware_cli.pipeline.rundir import SampleRecord
+from aware_cli.pipeline.update import UpdateResult, clip_and_step, compute_precision
 from aware_cli.pipeline.verify import check_none_share, count_none, verifier_stats, verify
 
 
@@ -44,7 +42,7 @@ class Policy:
     rejected_ids: Dict[str, List[int]] = field(default_factory=dict)  # offline pairs: id -> rejected response ids
     dual: float = 1.0  # λ of the Lagrangian gate (1.0 for the other gates)
     ranks: Ranks = field(default_factory=Ranks)  # this process's place under torchrun
-    state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (shapo's subspace)
+    state: Dict[str, Any] = field(default_factory=dict)  # objective state kept across steps (e.g. a saliency mask)
     timings: Dict[str, float] = field(default_factory=dict)
     updates: int = 0  # optimizer steps taken (skipped ones included): the step whose weights the model holds
     precision: str = "fp32"  # trainer.precision, resolved: fp32 | bf16 | mixed (bf16 autocast)
@@ -73,7 +71,7 @@ def batch_positions(local: int, ranks: Ranks) -> List[int]:
     return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
 
 
-def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[SampleRecord], Dict[str, Any]]:
     """Run one optimizer step on `batch` (this rank's share of the step's prompts).
 
     Returns (this rank's per-input records for samples.jsonl, step-wide scalars); `summarize`
@@ -81,12 +79,13 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     only in the optimizer step (`policy.updates` counts them): an exception before it leaves the
     state of the previous step. Under torchrun every rank decides together (`agree`) after
     stages 1-3 and before the gradients are reduced, so a failure on one rank stops them all.
+    The objective (`objective.name`, pipeline/objectives/) says what stages 1-3 do for it and runs stage 4.
     """
     cfg, k, B = policy.cfg, policy.cfg.k, cfg_batch(policy)
     local = len(batch)
-    objective = cfg.objective.name
+    objective = get_objective(cfg.objective.name)
     offline = bool(cfg.objective.pairs_path)  # the batch is preference pairs: nothing to sample or verify
-    sampled = objective not in NO_SAMPLING and not offline
+    sampled = objective.sampled(cfg)
     prompts = [policy.prompt_ids[ex.id] for ex in batch]
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
     # each prompt samples from its own seed, by its place in the global batch: the same draws on any rank
@@ -100,7 +99,6 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     scores: List[List[Optional[float]]] = [[] for _ in batch]
     target_scores: Optional[List[Optional[float]]] = None
     refusal_scores: List[Optional[float]] = [None] * len(batch)
-    aware = sampled and objective == "aware"
     refusal_index = [refusal_for(ex.id, cfg.trainer.seed, len(cfg.gate.refusals)) if cfg.gate.refusals else 0
                      for ex in batch]
     t1 = t2 = t0
@@ -109,7 +107,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
             fsdp.unshard(policy.model)
 
-        # 1. sample k responses per prompt (skipped by plain SFT), in trainer.grad_accum micro-batches
+        # 1. sample k responses per prompt (skipped by objectives that train on the targets only),
+        #    in trainer.grad_accum micro-batches
         if sampled:
             micro = max(1, local // cfg.trainer.grad_accum)
             for start in range(0, local, micro):
@@ -122,12 +121,11 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
                 generated += out.num_tokens
         t1 = time.perf_counter()
 
-        # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, each input's reference target y*
-        #    (online pairs: "chosen" only if aligned; gate.target_check) and refusal target y_ref (abstention
-        #    needs refusing to score higher than the samples)
-        score_targets = sampled and ((objective in PAIRWISE and cfg.objective.pair_reference)
-                                     or (aware and cfg.gate.target_check))
-        score_refusals = aware and cfg.gate.abstain
+        # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, as the objective asks, each input's
+        #    reference target y* (online pairs: "chosen" only if aligned; gate.target_check) and refusal
+        #    target y_ref (abstention needs refusing to score higher than the samples)
+        score_targets = objective.scores_targets(cfg)
+        score_refusals = objective.scores_refusals(cfg)
         extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
                   for ex, r in zip(batch, refusal_index)]
         if sampled:
@@ -152,62 +150,33 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
     gates: List[GroupGate] = []
     written: Dict[str, List[int]] = {}
     try:
-        gates = [gate_group(s, cfg.gate, policy.dual, objective, refusal_score=r,
-                            target_score=target_scores[b] if target_scores and aware else None)
+        gates = [objective.gate(s, cfg, policy.dual, refusal_score=r,
+                                target_score=target_scores[b] if target_scores else None)
                  for b, (s, r) in enumerate(zip(scores, refusal_scores))]
         written = written_refusals(policy, [ex for ex, g in zip(batch, gates) if g.target == REFUSAL])
     except Exception as e:  # noqa: BLE001
         error = e
     agree(error, policy.ranks)
-    sequences: List[WeightedSequence] = []
-    sft_index: Dict[int, int] = {}
-    for b, (ex, gate) in enumerate(zip(batch, gates)):
-        target = policy.target_ids[ex.id]
-        if gate.target == REFUSAL:
-            target = written.get(ex.id) or policy.refusal_ids[refusal_index[b]]
-        sft_index[b] = len(sequences)
-        sft_weight = 0.0 if gate.target == NO_TARGET else -(1.0 - gate.beta) / B
-        sequences.append(WeightedSequence(prompts[b], target, weight=sft_weight))
-        weights = sample_weights(gate, cfg.objective.lambda_pg, k, cfg.gate.min_weight)
-        for ids, weight in zip(sample_ids[b], weights):
-            sequences.append(WeightedSequence(prompts[b], ids, weight=-weight / B, is_sample=True))
+    targets = [written.get(ex.id) or policy.refusal_ids[refusal_index[b]] if gate.target == REFUSAL
+               else policy.target_ids[ex.id] for b, (ex, gate) in enumerate(zip(batch, gates))]
+    rollout = Rollout(batch, prompts, targets, sample_ids, scores, target_scores, gates, batch_size=B, k=k)
     t3 = time.perf_counter()
 
-    # 4. update: L = mean_x [(1 − β)·L_SFT + β·λ_pg·L_PG], clipped AdamW step
-    #    (dpo / gapo / shapo / constrained_sft: their own losses, see preference.py; they are means over
-    #    the whole step's pairs or rows, so each rank's part adds up to the 1-process loss)
+    # 4. update: the objective's loss, its gradient in `.grad` (the gated one: L = mean_x [(1 − β)·L_SFT +
+    #    β·λ_pg·L_PG]), then a clipped AdamW step. Each rank adds its part (`objective.scaling`), so the parts
+    #    sum to the 1-process loss and gradient.
     torch.manual_seed(seed)  # dropout, if any
-    extra: Dict[str, Any] = {}
     error = None
-    result = UpdateResult(loss=0.0, loss_kl=0.0, logprobs={}, tokens=0)
+    update = Update(UpdateResult(loss=0.0, loss_kl=0.0, logprobs={}, tokens=0))
     try:
         with compute_precision(policy.precision, policy.device):  # mixed: bf16 autocast, fp32 master weights
-            if objective in PAIRWISE and offline:
-                pairs = [Pair(prompts[b], policy.target_ids[ex.id], policy.rejected_ids[ex.id])
-                         for b, ex in enumerate(batch)]
-                value, extra = pair_update(policy, pairs, step)
-                forwarded = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)  # the policy's pass
-                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=forwarded)
-            elif objective in PAIRWISE:
-                value, extra = pairwise_update(policy, prompts, sample_ids, scores,
-                                               [policy.target_ids[ex.id] for ex in batch], target_scores, step)
-                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-            elif objective == "constrained_sft":
-                value, extra = constrained_sft_update(policy, prompts, [policy.target_ids[ex.id] for ex in batch],
-                                                      [ex.harmful for ex in batch])
-                result = UpdateResult(loss=value, loss_kl=0.0, logprobs={}, tokens=0)
-            else:
-                result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
-                                             pad_id=policy.tokenizer.pad_token_id, device=policy.device,
-                                             chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)
+            update = objective.update(policy, rollout, step)
     except Exception as e:  # noqa: BLE001
         error = e
     agree(error, policy.ranks)
+    result = update.result
     if sharded:  # each rank's shard of the whole batch's gradient; weights back to shards
-        if objective in PAIRWISE:
-            any_gradient = extra.get("pairs", 0) > 0  # the step's pairs over every rank
-        else:
-            any_gradient = sum_value(float(result.backward), policy.ranks) > 0
+        any_gradient = objective.any_gradient(update, policy.ranks)
         fsdp.reduce_gradients(policy.model, policy.device)
         if not any_gradient:  # fsdp2's reduce made zeros; in one process there is no gradient, so AdamW
             for p in policy.params:  # leaves the weights (and its state) alone: drop them
@@ -224,22 +193,16 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         policy.dual = update_dual(policy.dual, sum(judged_mu) / len(judged_mu) if judged_mu else None, cfg.gate)
     t4 = time.perf_counter()
 
-    # what the step did, per input: its L_SFT / L_PG come from the forwarded log-probs
+    # what the step did, per input (its L_SFT / L_PG when the objective has them)
     records = []
     for b, (ex, gate) in enumerate(zip(batch, gates)):
-        loss_sft = -result.logprobs[sft_index[b]] if sft_index[b] in result.logprobs else None
-        loss_pg = None  # −(1/k) Σ A_i·ℓ(ŷ_i) over the samples the update forwarded (the others weigh ~0)
-        forwarded = [j for j in range(len(sample_ids[b])) if sft_index[b] + 1 + j in result.logprobs]
-        if gate.beta > 0 and forwarded:
-            loss_pg = -sum(gate.advantages[j] * result.logprobs[sft_index[b] + 1 + j] for j in forwarded) / k
-        records.append({"step": step + 1, "id": ex.id, "prompt": ex.prompt, "responses": texts[b],
-                        "scores": scores[b], "mu": gate.mu, "sigma": gate.sigma, "beta": gate.beta,
-                        "regime": gate.regime, "zero_std": gate.zero_std, "loss_sft": loss_sft, "loss_pg": loss_pg,
-                        "target": gate.target, "refusal_score": refusal_scores[b],
-                        "target_score": target_scores[b] if target_scores else None})
+        loss_sft, loss_pg = update.losses[b] if update.losses else (None, None)
+        records.append(SampleRecord(step + 1, ex.id, ex.prompt, texts[b], scores[b], gate.mu, gate.sigma, gate.beta,
+                                    gate.regime, gate.zero_std, loss_sft, loss_pg, gate.target, refusal_scores[b],
+                                    target_scores[b] if target_scores else None))
         if offline:
-            records[-1].update(chosen_tokens=len(policy.target_ids[ex.id]),
-                               rejected_tokens=len(policy.rejected_ids[ex.id]))
+            records[-1].extra.update(chosen_tokens=len(policy.target_ids[ex.id]),
+                                     rejected_tokens=len(policy.rejected_ids[ex.id]))
     scalars: Dict[str, Any] = {
         "step": step + 1, "loss": loss, "loss_kl": sum_value(result.loss_kl, policy.ranks), "dual": policy.dual,
         "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,
@@ -247,7 +210,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[Dict[st
         "sequences_forwarded": len(result.logprobs),
         "timing_s/sample": t1 - t0, "timing_s/verify": t2 - t1, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
         **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
-        **{f"objective/{key}": float(value) for key, value in extra.items() if isinstance(value, (int, float))},
+        **{f"objective/{key}": float(value) for key, value in update.info.items() if isinstance(value, (int, float))},
     }
     return records, scalars
 
@@ -257,12 +220,12 @@ def cfg_batch(policy: Policy) -> int:
     return policy.cfg.trainer.batch_size + policy.anchors_per_step
 
 
-def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(records: List[SampleRecord], scalars: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The step's metrics from every rank's records and scalars (one entry each without torchrun)."""
     n = len(records)
-    regimes = [r["regime"] for r in records]
-    mus = [r["mu"] for r in records if r["mu"] is not None]
-    sigmas = [r["sigma"] for r in records if r["sigma"] is not None]
+    regimes = [r.regime for r in records]
+    mus = [r.mu for r in records if r.mu is not None]
+    sigmas = [r.sigma for r in records if r.sigma is not None]
     first = scalars[0]
     step_seconds = max(sum(s[k] for k in s if k.startswith("timing_s/")) for s in scalars)
     sample_seconds = max(s["timing_s/sample"] for s in scalars)
@@ -271,16 +234,16 @@ def summarize(records: List[Dict[str, Any]], scalars: List[Dict[str, Any]]) -> D
     objective = {k: sum(s.get(k, 0.0) for s in scalars) / len(scalars) for k in first if k.startswith("objective/")}
     return {
         "step": first["step"], "loss": first["loss"],
-        "loss_sft": _mean([r["loss_sft"] for r in records if r["loss_sft"] is not None]),
-        "loss_pg": _mean([r["loss_pg"] for r in records if r["loss_pg"] is not None]),
+        "loss_sft": _mean([r.loss_sft for r in records if r.loss_sft is not None]),
+        "loss_pg": _mean([r.loss_pg for r in records if r.loss_pg is not None]),
         "loss_kl": first["loss_kl"],
-        "beta_mean": _mean([r["beta"] for r in records]),
+        "beta_mean": _mean([r.beta for r in records]),
         "mu_mean": _mean(mus) if mus else None,
         "sigma_mean": _mean(sigmas) if sigmas else None,
         "frac_sft": regimes.count(SFT) / n, "frac_pg": regimes.count(PG) / n, "frac_abstain": regimes.count(ABSTAIN) / n,
-        "frac_reward_zero_std": sum(r["zero_std"] for r in records) / n,
-        "frac_target_refusal": sum(r.get("target") == REFUSAL for r in records) / n,
-        "frac_target_none": sum(r.get("target") == NO_TARGET for r in records) / n,
+        "frac_reward_zero_std": sum(r.zero_std for r in records) / n,
+        "frac_target_refusal": sum(r.target == REFUSAL for r in records) / n,
+        "frac_target_none": sum(r.target == NO_TARGET for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),

@@ -116,14 +116,11 @@ class SuiteEvaluator:
     def _judge(self, run_cfg: EvalRunConfig):
         from aware_cli.verifiers import build_verifier
 
-        verifier_cfg = run_cfg.verifier
-        if verifier_cfg.device == "auto":
-            verifier_cfg = dataclasses.replace(verifier_cfg, device=str(self.device))
-        return build_verifier(verifier_cfg)
+        return build_verifier(run_cfg.verifier, self.device)
 
     def _task(self, model, suite: _Suite) -> Dict[str, Any]:
         from aware_cli.eval.metrics import JudgedRow, task_quality
-        from aware_cli.pipeline.sample import generate
+        from aware_cli.pipeline.rollout.sample import generate
 
         texts: List[str] = []
         for start in range(0, len(suite.examples), 8):

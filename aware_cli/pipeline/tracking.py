@@ -221,7 +221,7 @@ class Trackers:
 def open_trackers(names: List[str], run_dir: Path, *, project: str, start_step: int = 0,
                   resume: bool = False) -> Trackers:
     """Start the trackers named in `trainer.report_to` for the run in `run_dir` (config.yaml written)."""
-    from aware_cli.pipeline.rundir import write_atomic
+    from aware_cli.files import write_atomic
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     saved_path = run_dir / TRACKERS_JSON

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from rich.console import Console
@@ -25,15 +25,16 @@ from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
 from aware_cli.data.anchors import anchors_for_step, load_anchors, used_anchors
 from aware_cli.data.mix import load_training_data
+from aware_cli.data.preference import offline_training_data
 from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
                               trainable_parameters, training_precision, weights_dtype)
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
 from aware_cli.pipeline.monitor import ALIGN_PLOT, RunMonitor
-from aware_cli.pipeline.preference import NO_SAMPLING, offline_training_data
-from aware_cli.pipeline import distributed
-from aware_cli.pipeline import fsdp
+from aware_cli.pipeline.parallel import distributed
+from aware_cli.pipeline.parallel import fsdp
+from aware_cli.pipeline.objectives import get_objective
 from aware_cli.pipeline.step import Policy, summarize, train_step
 from aware_cli.pipeline.update import build_optimizer, build_scheduler
 from aware_cli.verifiers import build_verifier
@@ -54,6 +55,30 @@ def batch_for_step(step: int, num_examples: int, batch_size: int, seed: int) -> 
         indices.extend(order[offset:offset + take])
         position += take
     return indices
+
+
+def build_policy(cfg: AwareConfig, model, tokenizer, examples: List[Example], device: torch.device, *,
+                 ranks: Optional[distributed.Ranks] = None, precision: str = "fp32",
+                 anchors_per_step: int = 0) -> Tuple[Policy, TruncationStats]:
+    """The `Policy` a step trains (tokenised examples, optimizer, schedule, verifier) around a loaded model
+    (already resumed and sharded when it is); with the truncation counts of the examples."""
+    prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
+    rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
+    refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
+                   for r in cfg.gate.refusals]
+    params = trainable_parameters(model)
+    optimizer = build_optimizer(params, cfg.trainer)
+    scheduler = build_scheduler(optimizer, cfg.trainer)
+    verifier = build_verifier(cfg.verifier, device)  # on the policy's device unless verifier.device says
+    if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
+        raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
+                          f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
+    policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
+                    optimizer=optimizer, scheduler=scheduler, params=params, device=device,
+                    prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
+                    dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0,
+                    ranks=ranks or distributed.Ranks(), precision=precision, anchors_per_step=anchors_per_step)
+    return policy, truncated
 
 
 def encode_examples(cfg: AwareConfig, tokenizer, examples: List[Example]):
@@ -171,7 +196,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         examples = train_set + eval_set
         if main:
             rundir.write_atomic(run_dir / "split.json", json.dumps(data.split, indent=1) + "\n")
-        samples = cfg.objective.name not in NO_SAMPLING and not offline
+        samples = get_objective(cfg.objective.name).sampled(cfg)
         anchors = load_anchors(cfg.data.anchors, cfg.data, base_dir) if samples else []
         mixed = len(data.split.get("train_ids", []))
         console.print(f"data: {len(train_set)} training / {len(eval_set)} held-out preference pairs from {offline}"
@@ -195,14 +220,6 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         if anchors:  # their reference answers: the base model's, before any trained weights are loaded
             anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
             examples = examples + anchors
-        prompt_ids, target_ids, truncated = encode_examples(cfg, tokenizer, examples)
-        rejected_ids = encode_rejected(cfg, tokenizer, examples, truncated)
-        if truncated.prompts or truncated.responses:
-            console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
-                          f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
-        refusal_ids = [build_response_ids(tokenizer, r, max_tokens=cfg.data.max_response_tokens)[0]
-                       for r in cfg.gate.refusals]
-
         ckpt, warnings = rundir.resolve_resume(run_dir, cfg.resume)
         if ckpt is not None:  # into the whole model, before any sharding
             load_trainable_state(model, ckpt)
@@ -210,21 +227,13 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
             fsdp.check_config(cfg)
             layers = fsdp.shard_model(model, device)
             console.print(f"fsdp2: {layers} decoder layers and the root module sharded over {ranks.world} ranks")
-        params = trainable_parameters(model)
-        optimizer = build_optimizer(params, cfg.trainer)
-        scheduler = build_scheduler(optimizer, cfg.trainer)
-        verifier_cfg = cfg.verifier
-        if verifier_cfg.device == "auto":  # the verifier's model shares the policy's device unless told otherwise
-            verifier_cfg = dataclasses.replace(verifier_cfg, device=str(device))
-        verifier = build_verifier(verifier_cfg)
-        if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
-            raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
-                              f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
-        policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
-                        optimizer=optimizer, scheduler=scheduler, params=params, device=device,
-                        prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,
-                        dual=cfg.gate.dual_init if cfg.gate.mode == "lagrangian" else 1.0, ranks=ranks,
-                        precision=precision, anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
+        policy, truncated = build_policy(cfg, model, tokenizer, examples, device, ranks=ranks, precision=precision,
+                                         anchors_per_step=cfg.data.anchors.per_step if anchors else 0)
+        if truncated.prompts or truncated.responses:
+            console.print(f"truncated: {truncated.prompts} prompts > {cfg.data.max_prompt_tokens} tokens, "
+                          f"{truncated.responses} responses > {cfg.data.max_response_tokens} tokens")
+        params, optimizer, scheduler = policy.params, policy.optimizer, policy.scheduler
+        prompt_ids, target_ids = policy.prompt_ids, policy.target_ids
 
         start = 0
         for warning in warnings:
@@ -398,7 +407,7 @@ def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], r
                                               cfg.trainer.seed)]
     answers = json.loads(path.read_text()) if path.is_file() else {}
     if ranks.is_main and any(ex.id not in answers for ex in used):
-        from aware_cli.pipeline.sample import generate
+        from aware_cli.pipeline.rollout.sample import generate
 
         todo = [ex for ex in used if ex.id not in answers]
         device = next(model.parameters()).device
@@ -466,11 +475,11 @@ def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _log(metrics: Dict[str, Any], records: List[Dict[str, Any]], metrics_file, samples_file, tb) -> None:
+def _log(metrics: Dict[str, Any], records: List[rundir.SampleRecord], metrics_file, samples_file, tb) -> None:
     metrics_file.write(json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}) + "\n")
     metrics_file.flush()
     for record in records:
-        samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        samples_file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     samples_file.flush()
     tb.log_metrics(metrics)  # every tracker of trainer.report_to
 

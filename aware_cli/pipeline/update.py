@@ -20,7 +20,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from aware_cli.config.schema import TrainerConfig
-from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
+from aware_cli.models.logprobs import mean_logprob, token_logprobs
 
 
 @dataclass

@@ -14,6 +14,7 @@ contract (raising `VerifierError` with a one-line message) and caches scores by 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -22,10 +23,12 @@ import math
 import numbers
 import sqlite3
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import AwareError, ConfigError
+from aware_cli.verifiers.disk_cache import DiskCache, batch_keys
+from aware_cli.verifiers.fingerprint import block_payload, digest
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,29 @@ RewardFn = Callable[..., Sequence[Optional[float]]]
 Factory = Callable[[VerifierConfig], Union["Verifier", RewardFn]]
 
 VERIFIERS: Dict[str, Factory] = {}
+# What each verifier's scores depend on (its disk-cache identity, `verifier_identity`), declared as it registers:
+BLOCKS: Dict[str, Tuple[str, ...]] = {}  # verifier.name → the config blocks it reads (unlisted: every block)
+FINGERPRINTS: Dict[str, Callable[[VerifierConfig], Dict[str, Any]]] = {}  # verifier.name → extra identity fields
+BLOCK_FINGERPRINTS: Dict[str, Callable[[VerifierConfig], Any]] = {}  # block → its identity (default: its fields)
+# VerifierConfig fields that do not affect scores.
+EXCLUDED_FIELDS = frozenset({"batch_size", "cache", "cache_dir", "device", "max_none_frac"})
+COMMON_FIELDS = ("name", "target", "aligned_when", "kwargs")
+IDENTITY_SCHEMA = 1  # the identity's own layout; bump to invalidate every cached score
 
 
 class VerifierError(AwareError):
     """A verifier returned something that breaks the contract (wrong length, not a score in [0, 1])."""
 
 
-def register_verifier(name: str) -> Callable[[Factory], Factory]:
-    """Decorator: register `factory(cfg: VerifierConfig) -> Verifier` under `verifier.name=<name>`."""
+def register_verifier(name: str, *, blocks: Optional[Sequence[str]] = None,
+                      fingerprint: Optional[Callable[[VerifierConfig], Dict[str, Any]]] = None
+                      ) -> Callable[[Factory], Factory]:
+    """Decorator: register `factory(cfg: VerifierConfig) -> Verifier` under `verifier.name=<name>`.
+
+    `blocks`: the `verifier.<block>` config blocks whose values change its scores (None: every block);
+    `fingerprint(cfg)`: further identity fields (e.g. the contents of a file it reads). Together with
+    `register_block` they are the verifier's cache identity (`verifier_identity`).
+    """
 
     def decorator(factory: Factory) -> Factory:
         previous = VERIFIERS.get(name)
@@ -48,13 +66,61 @@ def register_verifier(name: str) -> Callable[[Factory], Factory]:
         if previous is not None and _qualified_name(previous) != _qualified_name(factory):
             raise ValueError(f"verifier {name!r} is already registered by {_qualified_name(previous)}")
         VERIFIERS[name] = factory
+        if blocks is not None:
+            BLOCKS[name] = tuple(blocks)
+        if fingerprint is not None:
+            FINGERPRINTS[name] = fingerprint
         return factory
 
     return decorator
 
 
-def build_verifier(cfg: VerifierConfig) -> "Verifier":
-    """The `Verifier` named by `cfg.name`, built from `cfg`."""
+def register_block(block: str) -> Callable[[Callable[[VerifierConfig], Any]], Callable[[VerifierConfig], Any]]:
+    """Decorator: `fn(cfg) -> identity of verifier.<block>` for a block whose plain field values are not
+    enough (transport fields to leave out, files whose contents count); default: `block_payload`."""
+
+    def decorator(fn: Callable[[VerifierConfig], Any]) -> Callable[[VerifierConfig], Any]:
+        BLOCK_FINGERPRINTS[block] = fn
+        return fn
+
+    return decorator
+
+
+def verifier_identity(cfg: VerifierConfig) -> str:
+    """A stable SHA-256 of what makes this verifier's scores what they are (see `identity_payload`)."""
+    return digest(identity_payload(cfg))
+
+
+def identity_payload(cfg: VerifierConfig) -> Dict[str, Any]:
+    """The fields `verifier_identity` hashes, as a plain dict: the name, target, aligned_when, kwargs, the
+    verifier's own blocks and fingerprint and the aware version; never batch_size, cache, cache_dir,
+    device or max_none_frac. A verifier registered without `blocks` hashes every field and block."""
+    from aware_cli import __version__
+
+    payload: Dict[str, Any] = {"aware": __version__, "schema": IDENTITY_SCHEMA}
+    for name in COMMON_FIELDS:
+        payload[name] = getattr(cfg, name)
+    if cfg.name in FINGERPRINTS:
+        payload.update(FINGERPRINTS[cfg.name](cfg))
+    blocks = BLOCKS.get(cfg.name)
+    if blocks is None:  # a third-party verifier: every field but the excluded ones
+        blocks = tuple(f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name)))
+        payload.update({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                        if f.name not in EXCLUDED_FIELDS and f.name not in blocks and f.name not in payload})
+    for block in blocks:
+        rule = BLOCK_FINGERPRINTS.get(block)
+        payload[block] = rule(cfg) if rule is not None else block_payload(getattr(cfg, block))
+    return payload
+
+
+def build_verifier(cfg: VerifierConfig, device: Any = None) -> "Verifier":
+    """The `Verifier` named by `cfg.name`, built from `cfg`.
+
+    `device`: where `verifier.device=auto` puts the verifier's model (the policy's device, so the judge
+    shares it unless told otherwise); None keeps auto (cuda when available, else cpu).
+    """
+    if device is not None and cfg.device == "auto":
+        cfg = dataclasses.replace(cfg, device=str(device))
     factory = VERIFIERS.get(cfg.name)
     if factory is None:
         raise ConfigError(_unknown_name_message(cfg.name))
@@ -64,13 +130,22 @@ def build_verifier(cfg: VerifierConfig) -> "Verifier":
         built = Verifier(built, name=cfg.name, batch_size=cfg.batch_size, cache=cfg.cache)
     # A composite's components cache on disk themselves (they inherit cache_dir): storing twice buys nothing.
     if cfg.cache_dir and cfg.name != "composite":
-        from aware_cli.verifiers.disk_cache import DiskCache, verifier_identity
-
         try:
             built.attach_disk_cache(DiskCache(cfg.cache_dir), verifier_identity(cfg))
         except DISK_ERRORS as exc:  # a corrupt file, a read-only or full disk: score without the cache
             built.disk_cache_failed(exc)
     return built
+
+
+def verifier_device(name: str):
+    """`verifier.device` as a torch.device (auto: cuda when available, else cpu); a bad name is a ConfigError."""
+    from aware_cli.errors import ModelError
+    from aware_cli.models.loading import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ModelError as exc:
+        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
 
 
 # What an on-disk cache can raise that must not stop a run: SQLite errors (corrupt file, disk full, locking on a
@@ -165,8 +240,6 @@ class Verifier:
 
     def _from_disk(self, todo, prompts, completions, per_item, shared, scores, keys):
         """Fill `scores` from the disk cache; returns (indices still to score, their disk keys)."""
-        from aware_cli.verifiers.disk_cache import batch_keys
-
         row_kwargs = {k: [v[i] for i in todo] for k, v in per_item.items()}
         dkeys = batch_keys(self._identity, [prompts[i] for i in todo], [completions[i] for i in todo],
                            {**row_kwargs, **shared})

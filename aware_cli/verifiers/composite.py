@@ -17,11 +17,11 @@ refusals when one of its components can (`write_refusals`).
 from __future__ import annotations
 
 import numbers
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import AwareError, ConfigError
-from aware_cli.verifiers.base import Verifier, build_verifier, register_verifier
+from aware_cli.verifiers.base import Verifier, build_verifier, identity_payload, register_block, register_verifier
 
 # Keys a component takes from the composite when it does not set them itself.
 INHERITED_KEYS = ("batch_size", "cache", "cache_dir", "device")
@@ -113,7 +113,18 @@ class CompositeScorer:
                           "(guard_lm and http_judge do)")
 
 
-@register_verifier("composite")
+@register_block("composite")
+def composite_fingerprint(cfg: VerifierConfig) -> Dict[str, Any]:
+    """The reduce and each component's own identity with its weight (an invalid composite: its raw form)."""
+    try:
+        components = component_configs(cfg)
+    except Exception:  # noqa: BLE001 - an invalid composite fails when built; hash its raw form here
+        return {"reduce": cfg.composite.reduce, "raw": cfg.composite.components}
+    return {"reduce": cfg.composite.reduce,
+            "components": [{"weight": weight, **identity_payload(c)} for c, weight in components]}
+
+
+@register_verifier("composite", blocks=("composite",))
 def build_composite_verifier(cfg: VerifierConfig) -> Verifier:
     components, weights = [], []
     for i, (component_cfg, weight) in enumerate(component_configs(cfg)):

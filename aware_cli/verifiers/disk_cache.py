@@ -3,11 +3,8 @@
 One SQLite file (`<cache_dir>/verifier_scores.sqlite`, WAL mode) holds one table of
 (key → score). A key is the SHA-256 of the verifier's identity, the prompt, the completion and
 the row's keyword arguments that can change the score (`harmful`, `references`, `metas`, ...;
-not `ids`). The identity (`verifier_identity`) hashes the config fields that affect scores: the
-name, target, aligned_when, kwargs and the verifier's own block (e.g. `verifier.http.model` and
-`.rubric`, but not the API key variable, timeouts, retries, concurrency or TLS), the contents of
-local files it reads (a python target file, a rubric file; size and mtime of local model files)
-and the aware version — never batch_size, cache, cache_dir, device or max_none_frac.
+not `ids`). The identity is the verifier's own (`base.verifier_identity`): each verifier declares
+what its scores depend on when it registers; this module knows no verifier.
 
 Usage (how `Verifier` can wire it)::
 
@@ -25,9 +22,6 @@ transient (timeouts, an endpoint down) and should be retried by the next run.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import os
 import sqlite3
@@ -36,26 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from aware_cli.config.schema import VerifierConfig
+from aware_cli.verifiers.fingerprint import digest
 
 DB_NAME = "verifier_scores.sqlite"
-SCHEMA_VERSION = 1
 # Per-row kwargs that never change a score (row ids are bookkeeping).
 IGNORED_ROW_KWARGS = frozenset({"ids"})
-# VerifierConfig fields that do not affect scores.
-EXCLUDED_FIELDS = frozenset({"batch_size", "cache", "cache_dir", "device", "max_none_frac"})
-COMMON_FIELDS = ("name", "target", "aligned_when", "kwargs")
-# verifier.name → its config block(s); names not listed hash every block.
-# refusal reads verifier.harm too when its embedding head is on (verifier.kwargs.embedding_head)
-BLOCKS = {"refusal": ("harm",), "python": (), "harm": ("harm",), "truthfulness": ("truthfulness",),
-          "hf_classifier": ("classifier",), "guard_lm": ("guard",), "http_judge": ("http",),
-          "composite": ("composite",)}
-# verifier.http fields about transport only.
-HTTP_TRANSPORT_FIELDS = frozenset({"api_key_env", "allow_any_key_env", "timeout_s", "max_retries", "backoff_s",
-                                   "max_backoff_s", "max_retry_after_s", "concurrency", "verify_tls"})
-# Block fields that name local files or model directories whose contents change scores.
-PATH_FIELDS = {("classifier", "model"), ("guard", "model"), ("harm", "encoder"), ("harm", "heads"),
-               ("truthfulness", "encoder")}
 _CHUNK = 400  # keys per SELECT (below SQLite's bound-variable limit)
 
 
@@ -86,111 +65,12 @@ CachedValue = Union[float, _NoneScore, None]
 # ----------------------------------------------------------------------------- keys
 
 
-def verifier_identity(cfg: VerifierConfig) -> str:
-    """A stable SHA-256 of what makes this verifier's scores what they are (see module doc)."""
-    return _sha256(identity_payload(cfg))
-
-
-def identity_payload(cfg: VerifierConfig) -> Dict[str, Any]:
-    """The fields `verifier_identity` hashes, as a plain dict (for inspection and tests)."""
-    from aware_cli import __version__
-
-    payload: Dict[str, Any] = {"aware": __version__, "schema": SCHEMA_VERSION}
-    for name in COMMON_FIELDS:
-        payload[name] = getattr(cfg, name)
-    if cfg.name == "python" and cfg.target:
-        payload["target_file"] = _target_fingerprint(cfg.target)
-    blocks = BLOCKS.get(cfg.name)
-    if blocks is None:  # a third-party verifier: every field but the excluded ones
-        blocks = tuple(f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name)))
-        payload.update({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                        if f.name not in EXCLUDED_FIELDS and f.name not in blocks and f.name not in payload})
-    for block in blocks:
-        if block == "composite":
-            payload["composite"] = _composite_payload(cfg)
-        else:
-            payload[block] = _block_payload(block, getattr(cfg, block))
-    return payload
-
-
-def _block_payload(block: str, values: Any) -> Dict[str, Any]:
-    out = dataclasses.asdict(values)
-    if block == "http":
-        for name in HTTP_TRANSPORT_FIELDS:
-            out.pop(name, None)
-        out["rubric_file"] = _rubric_fingerprint(out.get("rubric"))
-    for (b, name) in PATH_FIELDS:
-        if b == block and out.get(name):
-            out[f"{name}_files"] = _path_fingerprint(str(out[name]))
-    if block == "harm" and not out.get("heads"):  # the shipped heads: retraining them invalidates the cache
-        from aware_cli.verifiers.heads import SHIPPED_HEADS
-
-        out["heads_files"] = _path_fingerprint(str(SHIPPED_HEADS))
-    return out
-
-
-def _composite_payload(cfg: VerifierConfig) -> Dict[str, Any]:
-    from aware_cli.verifiers.composite import component_configs
-
-    try:
-        components = component_configs(cfg)
-    except Exception:  # noqa: BLE001 - an invalid composite fails when built; hash its raw form here
-        return {"reduce": cfg.composite.reduce, "raw": cfg.composite.components}
-    return {"reduce": cfg.composite.reduce,
-            "components": [{"weight": weight, **identity_payload(c)} for c, weight in components]}
-
-
-def _rubric_fingerprint(rubric: Optional[str]) -> Optional[str]:
-    if not rubric:
-        return None
-    try:
-        from aware_cli.verifiers.http_judge import rubric_path
-
-        return _file_sha256(rubric_path(rubric))
-    except Exception:  # noqa: BLE001 - a missing rubric fails when the judge is built
-        return None
-
-
-def _target_fingerprint(target: str) -> Optional[str]:
-    location = target.rsplit(":", 1)[0]
-    path = Path(location).expanduser()
-    if location.endswith(".py") and path.is_file():
-        return _file_sha256(path)
-    return None
-
-
-def _path_fingerprint(name: str) -> Optional[List[Any]]:
-    """(name, size, mtime) of a local model file or of the files directly in a model directory."""
-    path = Path(name).expanduser()
-    try:
-        if path.is_file():
-            stat = path.stat()
-            return [[path.name, stat.st_size, stat.st_mtime_ns]]
-        if path.is_dir():
-            rows = []
-            for child in sorted(path.iterdir()):
-                if child.is_file():
-                    stat = child.stat()
-                    rows.append([child.name, stat.st_size, stat.st_mtime_ns])
-            return rows
-    except OSError:
-        return None
-    return None  # a hub id: its name (in the block) is the identity
-
-
-def _file_sha256(path: Path) -> Optional[str]:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def cache_key(identity: str, prompt: str, completion: str, row: Optional[Mapping[str, Any]] = None, *,
               ignore: Iterable[str] = IGNORED_ROW_KWARGS) -> str:
     """The cache key of one (prompt, completion) under `identity`, with that row's kwargs."""
     ignored = set(ignore)
     extras = sorted((k, v) for k, v in (row or {}).items() if k not in ignored)
-    return _sha256([identity, prompt, completion, extras])
+    return digest([identity, prompt, completion, extras])
 
 
 def batch_keys(identity: str, prompts: Sequence[str], completions: Sequence[str],
@@ -203,11 +83,6 @@ def batch_keys(identity: str, prompts: Sequence[str], completions: Sequence[str]
     shared = {k: v for k, v in kwargs.items() if k not in per_row}
     return [cache_key(identity, prompts[i], completions[i], {**shared, **{k: v[i] for k, v in per_row.items()}},
                       ignore=ignore) for i in range(n)]
-
-
-def _sha256(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=repr, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- the store

@@ -104,21 +104,10 @@ def get_encoder(name_or_path: str = EMBEDDED_ENCODER, device: Union[str, torch.d
         return encoder
 
 
-def encoder_device(name: str) -> torch.device:
-    """`verifier.device` as a torch device (auto: cuda when available, else cpu)."""
-    from aware_cli.errors import ModelError
-    from aware_cli.models import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ModelError as exc:
-        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
-
-
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarities of unit-norm rows: [len(a), len(b)]."""
     return a @ b.T
 
 
-__all__: List[str] = ["EMBEDDED_ENCODER", "SentenceEncoder", "cosine_matrix", "encoder_device", "get_encoder",
+__all__: List[str] = ["EMBEDDED_ENCODER", "SentenceEncoder", "cosine_matrix", "get_encoder",
                       "resolve_encoder_path"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence
 
 from aware_cli.config.schema import VerifierConfig
-from aware_cli.verifiers.base import Verifier, register_verifier
-from aware_cli.verifiers.heads import RefusalModel
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.fingerprint import block_payload, path_fingerprint
+from aware_cli.verifiers.heads import SHIPPED_HEADS, RefusalModel
 
 
 def refusal_model(cfg: VerifierConfig) -> RefusalModel:
@@ -35,7 +36,17 @@ def harm_scores(p_harmful: Sequence[float], p_refuse: Sequence[float], over_refu
     return [min(1.0, max(0.0, ph * pr + (1.0 - ph) * (1.0 - w * pr))) for ph, pr in zip(p_harmful, p_refuse)]
 
 
-@register_verifier("harm")
+@register_block("harm")
+def harm_fingerprint(cfg: VerifierConfig) -> dict:
+    """verifier.harm with the encoder's and heads' files; without `heads`, the shipped heads' (retraining
+    them invalidates cached scores)."""
+    out = block_payload(cfg.harm, paths=("encoder", "heads"))
+    if not out.get("heads"):
+        out["heads_files"] = path_fingerprint(str(SHIPPED_HEADS))
+    return out
+
+
+@register_verifier("harm", blocks=("harm",))
 def build_harm_verifier(cfg: VerifierConfig) -> Verifier:
     model = refusal_model(cfg)
     use_labels = cfg.harm.use_labels

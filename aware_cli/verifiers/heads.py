@@ -183,9 +183,10 @@ class RefusalModel:
 
     @property
     def encoder(self):
-        from aware_cli.verifiers.encoder import encoder_device, get_encoder
+        from aware_cli.verifiers.base import verifier_device
+        from aware_cli.verifiers.encoder import get_encoder
 
-        encoder = get_encoder(self.encoder_name, encoder_device(self.device_name), self.max_length)
+        encoder = get_encoder(self.encoder_name, verifier_device(self.device_name), self.max_length)
         heads = self.heads
         if heads.dim and encoder.dim != heads.dim:
             raise ConfigError(f"verifier.harm.encoder: {self.encoder_name!r} gives {encoder.dim}-d embeddings but the "
@@ -209,7 +210,7 @@ class RefusalModel:
 
     def p_refuse(self, texts: Sequence[str], batch_size: int = 64) -> List[float]:
         """P(refuse) per response (see the class doc)."""
-        from aware_cli.verifiers.refusal import refusal_score
+        from aware_cli.verifiers.phrases import refusal_score
 
         texts = [str(t or "") for t in texts]
         phrases = [refusal_score(t) for t in texts]

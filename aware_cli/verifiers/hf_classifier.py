@@ -14,17 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from aware_cli.config.schema import ClassifierConfig, VerifierConfig
 from aware_cli.errors import ConfigError, ModelError
-from aware_cli.verifiers.base import Verifier, register_verifier
-
-
-def resolve_verifier_device(name: str):
-    """`verifier.device` as a torch.device (auto: cuda when available, else cpu)."""
-    from aware_cli.models.loading import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ModelError as exc:
-        raise ConfigError(str(exc).replace("model.device", "verifier.device", 1)) from None
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier, verifier_device
+from aware_cli.verifiers.fingerprint import block_payload
 
 
 def aligned_label_ids(labels: Dict[int, str], aligned: Sequence[str], *, model: str = "the classifier") -> List[int]:
@@ -127,7 +118,7 @@ def load_classifier(cfg: VerifierConfig):
     source = (cfg.classifier.model or "").strip()
     if not source:
         raise ConfigError("verifier.classifier.model: set the classifier (an HF id or a local directory)")
-    device = resolve_verifier_device(cfg.device)
+    device = verifier_device(cfg.device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -143,7 +134,12 @@ def load_classifier(cfg: VerifierConfig):
     return model, tokenizer
 
 
-@register_verifier("hf_classifier")
+@register_block("classifier")
+def classifier_fingerprint(cfg: VerifierConfig) -> dict:
+    return block_payload(cfg.classifier, paths=("model",))
+
+
+@register_verifier("hf_classifier", blocks=("classifier",))
 def build_classifier_verifier(cfg: VerifierConfig) -> Verifier:
     model, tokenizer = load_classifier(cfg)
     scorer = ClassifierScorer(model, tokenizer, cfg.classifier, batch_size=cfg.batch_size)

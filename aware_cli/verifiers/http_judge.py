@@ -43,8 +43,9 @@ from urllib.parse import urlsplit, urlunsplit
 from aware_cli.extras import require
 from aware_cli.config.schema import HttpJudgeConfig, VerifierConfig
 from aware_cli.errors import ConfigError
-from aware_cli.verifiers.base import Verifier, register_verifier
-from aware_cli.verifiers.guard_lm import REFUSAL_INSTRUCTION, likert_to_score, parse_rating, tidy_refusal
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier
+from aware_cli.verifiers.fingerprint import block_payload, file_sha256
+from aware_cli.verifiers.prompts import REFUSAL_INSTRUCTION, likert_to_score, parse_rating, tidy_refusal
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,25 @@ def _run_sync(make_coroutine):
         return pool.submit(lambda: asyncio.run(make_coroutine())).result()
 
 
-@register_verifier("http_judge")
+# verifier.http fields about transport only: they never change a score.
+TRANSPORT_FIELDS = ("api_key_env", "allow_any_key_env", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
+                    "max_retry_after_s", "concurrency", "verify_tls")
+
+
+@register_block("http")
+def http_fingerprint(cfg: VerifierConfig) -> dict:
+    """verifier.http without its transport fields, with the rubric file's contents."""
+    out = block_payload(cfg.http, drop=TRANSPORT_FIELDS)
+    out["rubric_file"] = None
+    if out.get("rubric"):
+        try:
+            out["rubric_file"] = file_sha256(rubric_path(out["rubric"]))
+        except Exception:  # noqa: BLE001 - a missing rubric fails when the judge is built
+            pass
+    return out
+
+
+@register_verifier("http_judge", blocks=("http",))
 def build_http_judge(cfg: VerifierConfig) -> Verifier:
     require("httpx", "judge", "verifier=http_judge")
     require("tenacity", "judge", "verifier=http_judge")

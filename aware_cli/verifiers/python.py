@@ -25,12 +25,22 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import ConfigError
 from aware_cli.verifiers.base import Verifier, register_verifier
+from aware_cli.verifiers.fingerprint import file_sha256
 
 # Names the pipeline passes itself; a verifier.kwargs entry with one of them would collide.
 RESERVED_KWARGS = ("prompts", "completions", "harmful", "references", "ids")
 
 
-@register_verifier("python")
+def target_fingerprint(cfg: VerifierConfig) -> dict:
+    """The python verifier's identity beyond its name: the contents of a `file.py:fn` target's file."""
+    if not cfg.target:
+        return {}
+    location = cfg.target.rsplit(":", 1)[0]
+    path = Path(location).expanduser()
+    return {"target_file": file_sha256(path) if location.endswith(".py") and path.is_file() else None}
+
+
+@register_verifier("python", blocks=(), fingerprint=target_fingerprint)
 def build_python_verifier(cfg: VerifierConfig) -> Verifier:
     fn = load_target(cfg.target)
     clashes = sorted(set(cfg.kwargs) & set(RESERVED_KWARGS))

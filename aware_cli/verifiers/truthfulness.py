@@ -27,7 +27,8 @@ import torch
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.errors import ConfigError
-from aware_cli.verifiers.base import Verifier, register_verifier
+from aware_cli.verifiers.base import Verifier, register_block, register_verifier, verifier_device
+from aware_cli.verifiers.fingerprint import block_payload
 
 
 def split_answers(value: Any, separator: str) -> List[str]:
@@ -66,12 +67,12 @@ class _EmbeddingSimilarity:
     def best(self, responses: Sequence[str],
              answer_sets: Sequence[Sequence[Sequence[str]]]) -> List[List[Optional[float]]]:
         """For each response r and each of its answer lists, max cosine(r, answer) (None for an empty list)."""
-        from aware_cli.verifiers.encoder import encoder_device, get_encoder
+        from aware_cli.verifiers.encoder import get_encoder
 
         texts = list(dict.fromkeys([r for r in responses if r.strip()] +
                                    [a for sets in answer_sets for answers in sets for a in answers]))
         index = {t: k for k, t in enumerate(texts)}
-        emb = (get_encoder(self.name, encoder_device(self.device)).encode(texts, batch_size=self.batch_size)
+        emb = (get_encoder(self.name, verifier_device(self.device)).encode(texts, batch_size=self.batch_size)
                if texts else torch.zeros(0, 1))
         return _best_per_set(responses, answer_sets,
                              lambda response, answers: float((emb[[index[a] for a in answers]] @ emb[index[response]]).max()))
@@ -99,7 +100,12 @@ def _best_per_set(responses, answer_sets, best_of) -> List[List[Optional[float]]
              for answers in sets] for response, sets in zip(responses, answer_sets)]
 
 
-@register_verifier("truthfulness")
+@register_block("truthfulness")
+def truthfulness_fingerprint(cfg: VerifierConfig) -> dict:
+    return block_payload(cfg.truthfulness, paths=("encoder",))
+
+
+@register_verifier("truthfulness", blocks=("truthfulness",))
 def build_truthfulness_verifier(cfg: VerifierConfig) -> Verifier:
     t = cfg.truthfulness
     if t.method not in ("embedding", "rouge"):

@@ -196,7 +196,7 @@ def test_sigterm_to_the_launcher_stops_and_checkpoints_every_worker(tmp_path):
 def test_fsdp2_refuses_what_it_cannot_run():
     from aware_cli.config import compose
     from aware_cli.errors import ConfigError
-    from aware_cli.pipeline import fsdp
+    from aware_cli.pipeline.parallel import fsdp
 
     fsdp.check_config(compose("smoke", []).config)
     for override in ("objective=gapo", "objective=shapo", "sampling.dtype=bfloat16"):

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from aware_cli.cli import app
 from aware_cli.config.schema import AwareConfig, DataConfig, ObjectiveConfig
-from aware_cli.pipeline.distributed import Ranks
-from aware_cli.pipeline.objectives import Pair
-from aware_cli.pipeline.preference import offline_training_data, pair_update
+from aware_cli.pipeline.parallel.distributed import Ranks
+from aware_cli.data.preference import offline_training_data
+from aware_cli.pipeline.objectives import Pair, pair_update
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "preference"
 SHAREGPT = FIXTURES / "sharegpt.json"  # 4 pairs, one with a system turn and earlier turns

@@ -5,8 +5,8 @@ import sqlite3
 import threading
 
 from aware_cli.config.schema import ClassifierConfig, CompositeConfig, HttpJudgeConfig, VerifierConfig
-from aware_cli.verifiers.disk_cache import (DB_NAME, NONE_SCORE, DiskCache, batch_keys, cache_key,
-                                            verifier_identity)
+from aware_cli.verifiers.base import verifier_identity
+from aware_cli.verifiers.disk_cache import DB_NAME, NONE_SCORE, DiskCache, batch_keys, cache_key
 
 
 def test_put_get_and_reopen(tmp_path):

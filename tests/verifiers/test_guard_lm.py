@@ -8,8 +8,9 @@ import torch
 from aware_cli.config.schema import GuardConfig, VerifierConfig
 from aware_cli.errors import ConfigError
 from aware_cli.verifiers import build_verifier
-from aware_cli.verifiers.guard_lm import (GuardJudge, likert_to_score, parse_rating, parse_score_answer,
-                                          parse_tagged_score, parse_verdict, tidy_refusal, verdict_token_ids)
+from aware_cli.verifiers.guard_lm import GuardJudge, verdict_token_ids
+from aware_cli.verifiers.prompts import (likert_to_score, parse_rating, parse_score_answer, parse_tagged_score,
+                                         parse_verdict, tidy_refusal)
 
 # --- parsing --------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from aware_cli.config.schema import SamplingConfig, VllmConfig
-from aware_cli.pipeline.engine import generate_k, sampling_weights
-from aware_cli.pipeline.logprobs import pack_left
+from aware_cli.pipeline.rollout.engine import generate_k, sampling_weights
+from aware_cli.models.logprobs import pack_left
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _generate(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sampl
 
 def _generate_vllm(model, tokenizer, prompts, *, num_return, max_new_tokens, do_sample, temperature, top_p, seed,
                    ignore_eos, cfg: VllmConfig, max_prompt_tokens: Optional[int]) -> Samples:
-    from aware_cli.pipeline.vllm_sampler import sampler_for  # vllm itself is imported there, on first use
+    from aware_cli.pipeline.rollout.vllm_sampler import sampler_for  # vllm itself is imported there, on first use
 
     sampler = sampler_for(model, cfg, max_prompt_tokens=max_prompt_tokens)
     flat = sampler.generate(model, prompts, num_return, max_new_tokens=max_new_tokens,

@@ -24,8 +24,9 @@ import torch
 
 from torch.distributed.fsdp import FSDPModule
 
-from aware_cli.pipeline.logprobs import pack_left, position_ids
-from aware_cli.pipeline.static_decode import generate_k_static, supports_static
+from aware_cli.models.logprobs import pack_left, position_ids
+from aware_cli.pipeline.rollout.sampler import draws, sample_next
+from aware_cli.pipeline.rollout.static_decode import generate_k_static, supports_static
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -104,40 +105,6 @@ def _merged_copy(layer, target: Optional[torch.dtype]) -> torch.Tensor:
     return cached[1]
 
 
-def row_uniforms(row_seeds: Sequence[int], k: int, steps: int, device: torch.device) -> torch.Tensor:
-    """[len(row_seeds)·k, steps] float64 uniforms in [0, 1): prompt b's k rows from a generator seeded row_seeds[b].
-
-    Row b·k + j, column t is the draw of prompt b's sample j at decode step t, whatever else is in the batch.
-    """
-    blocks = [torch.rand((k, steps), generator=torch.Generator().manual_seed(int(seed) % (1 << 63)),
-                         dtype=torch.float64) for seed in row_seeds]
-    return torch.cat(blocks).to(device) if blocks else torch.zeros((0, steps), dtype=torch.float64, device=device)
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: Optional[torch.Generator], uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One token per row: greedy when temperature == 0, else softmax(logits / T) truncated to top-p.
-
-    Drawn by inverse transform, one U[0, 1) value per row against the row's cumulative distribution
-    (float64): `uniforms` when given (each row's token then depends on its own draw only), else one draw
-    per row from `generator`. A row's worth of random numbers, not `torch.multinomial`'s exponential draw
-    over the whole vocabulary (~10% of a CPU decode step at 49k tokens).
-    """
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix with mass ≥ top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    if uniforms is None:
-        uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
-    cdf = probs.double().cumsum(-1)
-    target = uniforms.to(device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]  # first token whose cdf exceeds it
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
-
-
 @torch.no_grad()
 def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: int, eos_ids: Sequence[int],
                pad_id: int, device: torch.device, temperature: float = 1.0, top_p: float = 1.0,
@@ -176,12 +143,7 @@ def _generate_k_dynamic(model, prompts: Sequence[List[int]], k: int, *, max_new_
                         seed: Optional[int], row_seeds: Optional[Sequence[int]] = None) -> List[List[int]]:
     was_training = model.training
     model.eval()
-    generator = uniforms = None
-    if row_seeds is not None and temperature > 0:
-        uniforms = row_uniforms(row_seeds, k, max_new_tokens, device)
-    elif seed is not None and temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    generator, uniforms = draws(row_seeds, seed, temperature, k, max_new_tokens, device)
     ids, attn = pack_left([list(p) for p in prompts], pad_id, device)
     positions = position_ids(attn)
     out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)

@@ -2,7 +2,7 @@
 
 import torch
 
-from aware_cli.pipeline.logprobs import lean_selected_logprobs, selected_logprobs
+from aware_cli.models.logprobs import lean_selected_logprobs, selected_logprobs
 
 
 def reference(logits, targets):

@@ -37,7 +37,9 @@ from aware_cli.errors import ConfigError
 
 def check_config(cfg: AwareConfig) -> None:
     """What fsdp2 cannot run, as a ConfigError before any weight is sharded."""
-    if cfg.objective.name in ("gapo", "shapo"):  # they shift and differentiate `policy.params`: shards here
+    from aware_cli.pipeline.objectives import get_objective
+
+    if not get_objective(cfg.objective.name).fsdp2:  # e.g. one that shifts and differentiates `policy.params`
         raise ConfigError(f"trainer.parallel=fsdp2: objective {cfg.objective.name} perturbs the trainable weights "
                           f"in place, which FSDP2 keeps sharded; use trainer.parallel=ddp")
     # sampling_weights caches cast copies by (version, address); FSDP2 refills the same gathered

@@ -14,7 +14,7 @@ touches at a fixed address, hence:
   shapes are fixed); whether every row has ended is read back every `check_every` steps only.
 
 Sampling (temperature, top-p, the seeded generator) stays outside the graph and is shared with the
-dynamic engine (`engine.sample_next`), so both draw from the same distribution. Without CUDA (or
+dynamic engine (`sampler.sample_next`), so both draw from the same distribution. Without CUDA (or
 with `use_graph=False`) the same code runs eagerly: that is how it is tested on CPU against
 `model.generate`. `supports_static` lists what it needs of a model; `engine.generate_k` falls back
 to the dynamic engine otherwise.
@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from aware_cli.pipeline.logprobs import pack_left, position_ids
+from aware_cli.models.logprobs import pack_left, position_ids
+from aware_cli.pipeline.rollout.sampler import draws, sample_next
 
 
 class SlotCache:
@@ -109,18 +110,11 @@ def generate_k_static(model, prompts: Sequence[List[int]], k: int, *, max_new_to
 
     Same contract and sampler as `engine.generate_k`. `use_graph`: None = on CUDA devices.
     """
-    from aware_cli.pipeline.engine import row_uniforms, sample_next  # the shared sampler
-
     use_graph = device.type == "cuda" if use_graph is None else use_graph
     was_training = model.training
     model.eval()
     try:
-        generator = uniforms = None
-        if row_seeds is not None and temperature > 0:
-            uniforms = row_uniforms(row_seeds, k, max_new_tokens, device)
-        elif seed is not None and temperature > 0:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed)
+        generator, uniforms = draws(row_seeds, seed, temperature, k, max_new_tokens, device)
         dtype = model.get_input_embeddings().weight.dtype  # the hidden states' (LoRA weights may be float32)
         key = cache_argument(model)
         ids, attn = pack_left([list(p) for p in prompts], pad_id, device)

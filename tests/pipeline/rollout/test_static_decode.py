@@ -11,8 +11,8 @@ import torch
 
 from aware_cli.config import compose
 from aware_cli.models import load_model
-from aware_cli.pipeline.engine import generate_k
-from aware_cli.pipeline.static_decode import SlotCache, generate_k_static, supports_static
+from aware_cli.pipeline.rollout.engine import generate_k
+from aware_cli.pipeline.rollout.static_decode import SlotCache, generate_k_static, supports_static
 
 CPU = torch.device("cpu")
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]  # uneven: left padding inside the batch

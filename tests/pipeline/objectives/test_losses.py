@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aware_cli.config.schema import TrainerConfig
-from aware_cli.pipeline.logprobs import mean_logprob, token_logprobs
+from aware_cli.models.logprobs import mean_logprob, token_logprobs
 from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, build_scheduler
 
 PAD = 0

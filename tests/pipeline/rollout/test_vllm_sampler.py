@@ -21,8 +21,8 @@ from aware_cli.config import compose
 from aware_cli.config.schema import SamplingConfig, VllmConfig
 from aware_cli.errors import ConfigError
 from aware_cli.models import load_model
-from aware_cli.pipeline.sample import eos_token_ids, sample
-from aware_cli.pipeline.vllm_sampler import ATTRIBUTE, VllmSampler, completion_tokens, lora_rank_limit
+from aware_cli.pipeline.rollout.sample import eos_token_ids, sample
+from aware_cli.pipeline.rollout.vllm_sampler import ATTRIBUTE, VllmSampler, completion_tokens, lora_rank_limit
 
 CPU = torch.device("cpu")
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]

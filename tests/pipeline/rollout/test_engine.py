@@ -5,8 +5,8 @@ import torch
 
 from aware_cli.config import compose
 from aware_cli.models import load_model
-from aware_cli.pipeline.engine import generate_k, sample_next, sampling_weights
-from aware_cli.pipeline.sample import eos_token_ids, generate
+from aware_cli.pipeline.rollout.engine import generate_k, sample_next, sampling_weights
+from aware_cli.pipeline.rollout.sample import eos_token_ids, generate
 
 CPU = torch.device("cpu")
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]
