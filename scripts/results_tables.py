@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The tables of docs/results.md, regenerated from the committed artifacts under docs/results/<experiment>/.
+"""The tables of docs/results.md (and README.md, docs/verifiers.md, docs/performance.md), regenerated from the
+committed artifacts under docs/results/<experiment>/ and docs/bench/.
 
     python scripts/results_tables.py            # rewrite every generated block of docs/results.md
     python scripts/results_tables.py --check    # exit 1 when the page and the artifacts disagree (a test runs this)
@@ -31,7 +32,7 @@ from aware_cli.eval.stats import paired_difference, ratio_interval, summarize  #
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 # every page with generated blocks; `results:bench:overhead` reads docs/bench/ (scripts/bench_overhead.py --out)
-PAGES = [PAGE, ROOT / "docs" / "verifiers.md", ROOT / "docs" / "performance.md"]
+PAGES = [PAGE, ROOT / "README.md", ROOT / "docs" / "verifiers.md", ROOT / "docs" / "performance.md"]
 BENCH = ROOT / "docs" / "bench"
 BLOCK = re.compile(r"(<!-- results:(?P<exp>[\w.-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -287,7 +288,7 @@ def table_overhead(exp: Experiment) -> str:
     env = data["environment"]
     note = (f"\n`{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model {data['model']}, "
             f"batch {data['batch']}, {data['steps']} steps per arm (median of steps 2–{data['steps']}), "
-            f"torch {env['torch']}, {env['threads']} threads.\n")
+            f"torch {env['torch']}, {env['threads']} torch thread(s).\n")
     return _table(["objective", "k", "median step s", "ratio to SFT", "sample s", "verify s", "update s",
                    "tokens forwarded"], rows) + note
 
