@@ -279,21 +279,24 @@ def table_request_head(exp: Experiment) -> str:
 
 
 def table_overhead(exp: Experiment) -> str:
-    """aware vs SFT step time on CPU (scripts/bench_overhead.py --out docs/bench/overhead-cpu.json)."""
-    data = json.loads((exp.dir / "overhead-cpu.json").read_text())
-    rows = [["sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
-             f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"]]
-    for k, arm in data["aware"].items():
-        st = arm["stages_median_s"]
-        rows.append(["aware", k, f"{arm['median_step_s']:.2f}", f"**{data['ratio_by_k'][k]:.2f}**",
-                     f"{st['sample']:.2f}", f"{st['verify']:.2f}", f"{st['update']:.2f}",
-                     f"{arm['forwarded_tokens_median']:.0f}"])
-    env = data["environment"]
-    note = (f"\n`{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model {data['model']}, "
-            f"batch {data['batch']}, {data['steps']} steps per arm (median of steps 2–{data['steps']}), "
-            f"torch {env['torch']}, {env['threads']} torch thread(s).\n")
-    return _table(["objective", "k", "median step s", "ratio to SFT", "sample s", "verify s", "update s",
-                   "tokens forwarded"], rows) + note
+    """aware vs SFT step time on CPU: every docs/bench/overhead-cpu*.json (scripts/bench_overhead.py --out)."""
+    rows, notes = [], []
+    for path in sorted(exp.dir.glob("overhead-cpu*.json")):
+        data = json.loads(path.read_text())
+        env = data["environment"]
+        threads = str(env["threads"])
+        rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
+                     f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
+        for k, arm in data["aware"].items():
+            st = arm["stages_median_s"]
+            rows.append([threads, "aware", k, f"{arm['median_step_s']:.2f}", f"**{data['ratio_by_k'][k]:.2f}**",
+                         f"{st['sample']:.2f}", f"{st['verify']:.2f}", f"{st['update']:.2f}",
+                         f"{arm['forwarded_tokens_median']:.0f}"])
+        notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
+                     f"{data['model']}, batch {data['batch']}, {data['steps']} steps per arm (median of steps "
+                     f"2–{data['steps']}), torch {env['torch']}, {env['threads']} torch thread(s).")
+    return _table(["torch threads", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
+                   "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
 def table_setup(exp: Experiment) -> str:
