@@ -1,5 +1,5 @@
 """Atomic file writes, the one helper every writer of aware uses (run directories, checkpoints, ALIGN-PLOTs,
-calibrated gate files, eval results, exports).
+calibrated gate files, eval results, exports); and `jsonl_lines`, how every JSONL reader splits a file.
 
 A file is written into a temporary sibling (`.NAME.PID.tmp`), fsynced and renamed onto its path; a
 directory is filled in a temporary sibling (`.tmp-NAME`), fsynced and renamed into place. A reader
@@ -13,9 +13,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 COMPLETE = "COMPLETE"  # the manifest `write_dir_atomic` writes last: every file's sha256
+
+
+def jsonl_lines(text: str) -> List[str]:
+    """The lines of a JSONL text. Split at "\\n" only: str.splitlines() also splits at U+2028, U+2029 and
+    U+0085, which json.dumps(ensure_ascii=False) leaves raw inside strings (model outputs carry them)."""
+    return text.split("\n")
 
 
 def replace_atomic(path: Path, write: Callable[[Path], Any]) -> Path:

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 
 from ..config.schema import AwareConfig
 from ..errors import DataError
+from ..files import jsonl_lines
 from . import builtin
 from .loaders import Example, last_user_turn, split_examples
 from .mix import TrainingData
@@ -90,7 +91,7 @@ def _read_json_rows(path: Path, text: str) -> List[Tuple[Optional[int], object]]
             raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
         return [(None, row) for row in data]
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):  # U+2028 may sit inside a JSON string
+    for number, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         try:

@@ -34,7 +34,7 @@ from aware_cli.config.schema import GateConfig
 from aware_cli.config.validate import build
 from aware_cli.errors import ConfigError, DataError
 from aware_cli.extras import require
-from aware_cli.files import replace_atomic, write_atomic
+from aware_cli.files import jsonl_lines, replace_atomic, write_atomic
 from aware_cli.pipeline.gate import ABSTAIN, PG, SFT, gate_group, soft_beta
 from aware_cli.pipeline.rundir import SampleRecord
 
@@ -86,7 +86,7 @@ def load_points(run_dir: PathLike) -> List[Dict[str, Any]]:
         raise DataError(f"{path}: no such file (expected a run directory with samples.jsonl or a .jsonl file)")
     points = []
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a JSON string
+        lines = jsonl_lines(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for lineno, line in enumerate(lines, 1):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
+from ..files import jsonl_lines
 from .lineage import TrainedSource, lineage, read_run_config
 
 HEADLINE_ORDER = ["advbench", "harmful", "hexphi", "xstest", "truthfulqa", "slaq", "task"]
@@ -47,7 +48,7 @@ def last_evaluation(run_dir: Path, up_to_step: Optional[int] = None) -> Dict[str
     if not path.is_file():
         return {}
     found: Dict[str, Any] = {}
-    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 may sit inside a JSON string
+    for line in jsonl_lines(path.read_text()):
         try:
             record = json.loads(line)
         except ValueError:

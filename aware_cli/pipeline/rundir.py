@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from aware_cli.errors import ConfigError
-from aware_cli.files import COMPLETE, file_sha256, write_atomic, write_dir_atomic
+from aware_cli.files import COMPLETE, file_sha256, jsonl_lines, write_atomic, write_dir_atomic
 
 TRAINING_STATE = "training_state.pt"
 TRAINER_JSON = "aware_state.json"  # aware's own schema; not Hugging Face's trainer_state.json
@@ -424,7 +424,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 may sit inside a JSON string
+    for line in jsonl_lines(path.read_text()):
         try:
             record = json.loads(line)
         except ValueError:
