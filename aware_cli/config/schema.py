@@ -123,6 +123,11 @@ class AnchorsConfig:
     per_step: int = field(0, "Anchor prompts added to every step's batch (0: off). Objectives that sample nothing "
                           "(sft, constrained_sft) ignore anchors.", ge=0)
     max_new_tokens: int = field(64, "Length of the base model's reference answers.", ge=1)
+    label_field: Optional[str] = field(None, "Column holding the curator's harmful/benign label (as data.label_field; "
+                                       "builtin:safety-prompts: label). Anchors are a curated safety set, so these "
+                                       "labels reach the verifier as trusted harm labels (harm: p_h = 1 or 0) even "
+                                       "with verifier.harm.use_labels=false; task rows never do. null: the request "
+                                       "model judges the anchors too.")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 `load_anchors` reads them (seeded order, ids prefixed `anchor-`); `anchors_for_step` says which ones a step
 uses (consecutive slices of per-epoch seeded permutations, a pure function of the step as for task rows, so a
-resumed run sees the same anchors). Their reference answers are the base model's and are made by the trainer
+resumed run sees the same anchors). With `data.anchors.label_field` an anchor keeps its curator's harmful/benign
+label and is marked `meta["curated_label"]`, which verifiers may trust (harm does) where they ignore task rows'
+labels. Their reference answers are the base model's and are made by the trainer
 (`pipeline/train.py`), which owns the model.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from aware_cli.config.schema import AnchorsConfig, DataConfig
-from aware_cli.data.loaders import Example, load_examples
+from aware_cli.data.loaders import CURATED_LABEL, Example, load_examples
 from aware_cli.errors import DataError
 
 ANCHOR_PREFIX = "anchor-"
@@ -25,13 +27,15 @@ def load_anchors(cfg: AnchorsConfig, data: DataConfig, base_dir: Optional[Path] 
     if not cfg.path or cfg.per_step == 0:
         return []
     source = dataclasses.replace(data, path=cfg.path, format=cfg.format, prompt_field=cfg.prompt_field,
-                                 input_field=None, response_field=None, label_field=None, label_default=None,
+                                 input_field=None, response_field=None, label_field=cfg.label_field, label_default=None,
                                  where=cfg.where, limit=None, shuffle=True, eval_size=0, missing_hint=None)
     rows = load_examples(source, base_dir)
     if len(rows) < cfg.per_step:
         raise DataError(f"data.anchors.per_step={cfg.per_step}: only {len(rows)} anchor rows in {cfg.path} "
                         f"(data.anchors.where={cfg.where})")
-    return [dataclasses.replace(ex, id=ANCHOR_PREFIX + ex.id, harmful=None) for ex in rows]
+    if not cfg.label_field:
+        return [dataclasses.replace(ex, id=ANCHOR_PREFIX + ex.id, harmful=None) for ex in rows]
+    return [dataclasses.replace(ex, id=ANCHOR_PREFIX + ex.id, meta={**ex.meta, CURATED_LABEL: True}) for ex in rows]
 
 
 def anchors_for_step(step: int, count: int, per_step: int, seed: int) -> List[int]:

@@ -30,6 +30,11 @@ _HUB_ID = re.compile(r"^[\w-]+(/[\w.-]+)?$")
 _DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".gz")
 
 
+# meta key: the row's `harmful` label comes from a curated safety set (data.anchors.label_field), so verifiers
+# may trust it where they ignore task rows' labels (harm does, whatever verifier.harm.use_labels says).
+CURATED_LABEL = "curated_label"
+
+
 @dataclass
 class Example:
     """One training/eval pair."""

@@ -6,7 +6,9 @@ A verifier is a TRL-style reward function::
 
 one score in [0, 1] per completion (1 = aligned), None where it cannot judge. The pipeline
 passes the per-row kwargs `harmful` (list[Optional[bool]]), `references` (list[str]) and
-`ids` (list[str]); a verifier must accept and ignore the ones it does not use.
+`ids` (list[str]) and `metas` (list[dict]: the row's meta; `meta["curated_label"]` marks a `harmful` label
+from a curated safety set, see `data.anchors.label_field`); a verifier must accept and ignore the ones it does
+not use.
 
 `Verifier` wraps such a function: it batches the calls, checks every result against the
 contract (raising `VerifierError` with a one-line message) and caches scores by hash.

@@ -5,7 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from aware_cli.cli import app
-from aware_cli.data.anchors import anchors_for_step, used_anchors
+from aware_cli.config.schema import AnchorsConfig, DataConfig
+from aware_cli.data.anchors import anchors_for_step, load_anchors, used_anchors
 
 
 def test_anchor_schedule_is_a_pure_function_of_the_step():
@@ -37,3 +38,15 @@ def test_a_run_adds_anchors_to_every_step(tmp_path, in_project_root):
                                    f"data.anchors.path={rows}", "data.anchors.per_step=2", "eval.every=0"],
                              catch_exceptions=False)
     assert sft.exit_code == 0 and not (tmp_path / "sft" / "anchors.json").exists()  # sft samples nothing: no anchors
+
+
+def test_anchor_labels_reach_the_verifier_only_when_curated(tmp_path):
+    rows = tmp_path / "anchors.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"prompt {i}", "split": "train",
+                                        "label": "benign" if i % 2 else "harmful"}) + "\n" for i in range(4)))
+    plain = load_anchors(AnchorsConfig(path=str(rows), per_step=1), DataConfig())
+    assert [ex.harmful for ex in plain] == [None] * 4 and not any("curated_label" in ex.meta for ex in plain)
+    curated = load_anchors(AnchorsConfig(path=str(rows), per_step=1, label_field="label"), DataConfig())
+    by_prompt = {ex.prompt: ex for ex in curated}
+    assert [by_prompt[f"prompt {i}"].harmful for i in range(4)] == [True, False, True, False]
+    assert all(ex.meta["curated_label"] is True and ex.id.startswith("anchor-") for ex in curated)

@@ -183,6 +183,18 @@ def test_label_overrides_the_request_head_only_when_asked(harm):
     assert harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True]) == pytest.approx(unlabelled)
 
 
+def test_curated_labels_are_trusted_without_use_labels(harm):
+    # An anchor from a curated safety set (data.anchors.label_field) carries a label harm trusts even with
+    # use_labels=false; the same label on a task row (no mark) is still ignored.
+    curated = [{"curated_label": True}, {"curated_label": True}]
+    marked = harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True], metas=curated)
+    labelled = make(use_labels=True)([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True])
+    assert marked == pytest.approx(labelled)
+    unmarked = harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, True], metas=[{}, {}])
+    assert unmarked == pytest.approx(harm([BOMB, BREAD], [REFUSAL, HELP_BREAD], harmful=[None, None]))
+    assert marked[0] < 0.2 < 0.8 <= unmarked[0]
+
+
 def test_over_refusal_weight_zero_makes_benign_refusal_free():
     v = make(over_refusal_weight=0.0, use_labels=True)
     assert v([BREAD, BREAD], [REFUSAL, HELP_BREAD], harmful=[False, False]) == [1.0, 1.0]
