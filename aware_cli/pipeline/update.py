@@ -5,8 +5,9 @@ Per input x (AWARE-ALGORITHM.md step 6):
     L_SFT = −mean_t log π(y_t)            over the target y (y* or a refusal)
     L_PG  = −(1/k) Σ_i A_i · mean_t log π(ŷ_i,t)
 Batch loss = mean over inputs. Both terms are linear in per-sequence length-normalised
-log-probs, so every sequence gets one weight and the backward pass runs in chunks of
-`trainer.logprob_batch` sequences; sequences whose weight is 0 are never forwarded.
+log-probs, so every sequence gets one weight and the backward pass runs in chunks of at most
+`trainer.logprob_batch` sequences of similar length (`length_chunks`); sequences whose weight is 0 are
+never forwarded.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
     active = [i for i, s in enumerate(sequences) if s.weight != 0.0 or (kl_coef > 0 and s.is_sample)]
     logprobs: Dict[int, float] = {}
     loss_value, kl_value, tokens, backward = 0.0, 0.0, 0, False
-    for start in range(0, len(active), chunk):
-        index = active[start:start + chunk]
+    for index in length_chunks(active, [len(s.prompt) + len(s.response) for s in sequences], chunk):
         part = [sequences[i] for i in index]
         logp, mask = token_logprobs(model, [s.prompt for s in part], [s.response for s in part], pad_id, device)
         lp = mean_logprob(logp, mask)
@@ -70,6 +70,34 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
         tokens += int(mask.sum()) + sum(len(s.prompt) for s in part)
         logprobs.update(zip(index, lp.detach().tolist()))
     return UpdateResult(loss=loss_value, loss_kl=kl_value, logprobs=logprobs, tokens=tokens, backward=backward)
+
+
+def length_chunks(indices: List[int], lengths: List[int], max_size: int) -> List[List[int]]:
+    """`indices` split into forward passes of ≤ `max_size` sequences that waste little on padding.
+
+    Each pass is padded to its longest sequence, so a short sampled response batched with a long SFT target
+    costs as much as the target. The indices are sorted by length and cut where the padded tokens saved
+    exceed one extra pass's price, counted as one row of the longest sequence (dynamic programming over
+    the cut points: minimise Σ rows·width + passes·longest). The loss is a sum over passes, so the order
+    changes nothing but the floating-point summation order.
+    """
+    order = sorted(indices, key=lambda i: (lengths[i], i))
+    n = len(order)
+    if n == 0:
+        return []
+    price = max(lengths[i] for i in order)
+    best = [0.0] + [math.inf] * n  # best[j]: cost of the first j sorted sequences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_size), j):  # the last pass holds order[i:j], padded to lengths[order[j-1]]
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + price
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(order[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 def _k3_kl(model, part, logp, mask, pad_id, device) -> torch.Tensor:

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from aware_cli.config.schema import TrainerConfig
 from aware_cli.models.logprobs import mean_logprob, token_logprobs
-from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, build_scheduler
+from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss, build_scheduler, length_chunks
 
 PAD = 0
 CPU = torch.device("cpu")
@@ -87,6 +87,18 @@ def test_gradient_is_the_same_in_one_chunk_or_many(model):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     model.zero_grad()
+
+
+def test_length_chunks_partition_and_keep_short_samples_apart_from_long_targets():
+    lengths = [180, 70, 175, 60, 178, 65, 182, 72]  # SFT targets (long) interleaved with sampled responses
+    chunks = length_chunks(list(range(8)), lengths, 16)
+    assert sorted(i for c in chunks for i in c) == list(range(8))
+    assert [sorted(c) for c in chunks] == [[1, 3, 5, 7], [0, 2, 4, 6]]  # one pass each, not one padded to 182
+    # equal lengths: no split beyond what the size limit forces; every pass within the limit
+    assert len(length_chunks(list(range(10)), [50] * 10, 16)) == 1
+    sized = length_chunks(list(range(40)), [30 + i for i in range(40)], 7)
+    assert all(len(c) <= 7 for c in sized) and sorted(i for c in sized for i in c) == list(range(40))
+    assert length_chunks([], [], 4) == []
 
 
 def test_warmup_then_cosine_schedule():
