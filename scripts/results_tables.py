@@ -299,6 +299,19 @@ def table_overhead(exp: Experiment) -> str:
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
+def table_first_rows(exp: Experiment, count: int = 40) -> str:
+    """Held-out AdvBench compliance on the first `count` evaluated rows in file order (what `limit=40` took
+    before evaluation sampled rows) next to every evaluated row: like-for-like with results of that time."""
+    m = next((x for x in METRICS if x.key == "compliance_advbench"), None)
+    rows = []
+    for model in exp.models:
+        ids = sorted((str(r["id"]) for r in exp.rows(model, m.suite) or []), key=lambda i: (len(i), i))
+        first = set(ids[:count])
+        rows.append([model, exp.judge(m.suite) or "–", cell(exp.summary(model, m, lambda r: str(r["id"]) in first)),
+                     cell(exp.summary(model, m))])
+    return _table(["model", "judge", f"{m.label}: first {count} rows", f"{m.label}: every row"], rows)
+
+
 def table_setup(exp: Experiment) -> str:
     """How the experiment was run (experiment.json): command, commit, date, environment, shared overrides, suites."""
     meta = exp.meta
@@ -313,7 +326,8 @@ def table_setup(exp: Experiment) -> str:
 
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead}
+          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead,
+          "first_rows": table_first_rows}
 
 
 def render_experiment(directory: Path) -> str:
