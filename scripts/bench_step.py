@@ -3,10 +3,13 @@
     python scripts/bench_step.py --model-size 135m --batch 8 --k 4 --max-new-tokens 128 --steps 8 --impl aware
     python scripts/bench_step.py --model-size 1.7b ... --impl trl          # needs `pip install trl`
 
-Random-init Llama models of SmolLM2 shapes with the embedded tokenizer, full fine-tuning (bf16 on GPU,
-fp32 on CPU), every sample forced to the full --max-new-tokens (no early EOS) so both do equal work;
-a random verifier keeps the policy-gradient term active. Reports the median step time after
---warmup steps, completion tokens/s, per-stage seconds and peak GPU memory.
+Random-init Llama models of SmolLM2 shapes with the embedded tokenizer, full fine-tuning at the same
+--precision in both (mixed, the GPU default: fp32 master weights and AdamW state + bf16 autocast, TRL's
+`bf16=True` on an fp32 model; bf16: weights and optimizer state in bf16; fp32), every sample forced to the
+full --max-new-tokens (no early EOS) so both do equal work; a random verifier keeps the policy-gradient
+term active, and aware's soft gate gives every SFT target a weight (1 − β > 0), so the targets are
+trained, not only forwarded. Reports the median step time after --warmup steps, completion tokens/s,
+per-stage seconds and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def bench_aware(args) -> dict:
     overrides = ["model=tiny", "model.finetune=full", f"k={args.k}", f"trainer.batch_size={args.batch}",
                  f"sampling.max_new_tokens={args.max_new_tokens}", "sampling.ignore_eos=true",
                  "verifier=python", f"verifier.target={ROOT / 'scripts' / 'bench_step.py'}:random_scores", "gate.abstain=false",
-                 "gate.mode=hard", "gate.tau_mu=1.0", "gate.tau_sigma=0.0", "objective.lambda_pg=1.0",
+                 "gate.mode=soft", "gate.min_weight=0", "objective.lambda_pg=1.0", f"trainer.precision={args.precision}",
                  f"trainer.logprob_batch={args.logprob_batch}", "data.max_response_tokens=128",
                  f"data.path={args.data}", f"sampling.cuda_graphs={str(args.cuda_graphs).lower()}",
                  f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
@@ -82,12 +85,13 @@ def _train_step(policy, batch, step):
 def _policy(cfg):
     """The `Policy` `run_training` builds (`build_policy`), without a run directory."""
     from aware_cli.data.mix import load_training_data
-    from aware_cli.models import load_model
-    from aware_cli.pipeline.train import build_policy
+    from aware_cli.models import resolve_device
+    from aware_cli.pipeline.train import build_policy, load_for_training
 
     data = load_training_data(cfg.data, base_dir=ROOT)
-    model, tokenizer = load_model(cfg.model)
-    policy, _ = build_policy(cfg, model, tokenizer, data.train + data.held_out, next(model.parameters()).device)
+    device = resolve_device(cfg.model.device)
+    cfg, model, tokenizer, precision = load_for_training(cfg, device)
+    policy, _ = build_policy(cfg, model, tokenizer, data.train + data.held_out, device, precision=precision)
     return policy, data.train
 
 
@@ -107,7 +111,9 @@ def bench_trl(args) -> dict:
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          max_position_embeddings=2048, tie_word_embeddings=True, **SHAPES[args.model_size])
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)  # fp32 weights: with bf16=True the Trainer autocasts (= mixed)
+    if args.precision == "bf16":
+        model = model.to(torch.bfloat16)
     from aware_cli.data import builtin
 
     rows = json.loads(builtin.resolve(args.data).read_text())
@@ -128,7 +134,7 @@ def bench_trl(args) -> dict:
 
     cfg = GRPOConfig(output_dir="/tmp/aware-bench-trl", per_device_train_batch_size=args.batch * args.k,
                      num_generations=args.k, max_completion_length=args.max_new_tokens, max_steps=args.steps + args.warmup,
-                     bf16=torch.cuda.is_available(), use_vllm=False, logging_steps=1000, save_strategy="no",
+                     bf16=args.precision in ("mixed", "bf16"), use_vllm=False, logging_steps=1000, save_strategy="no",
                      report_to=[], generation_kwargs={"min_new_tokens": args.max_new_tokens})
     trainer = GRPOTrainer(model=model, reward_funcs=lambda prompts, completions, **kw: random_scores(prompts, completions),
                           args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
@@ -145,7 +151,7 @@ def _report(args, impl, times, tokens, stages) -> dict:
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__, "transformers": _version("transformers"), "trl": _version("trl"),
-            "cuda_graphs": args.cuda_graphs if impl == "aware" else None, "logprob_batch": args.logprob_batch,
+            "precision": args.precision, "cuda_graphs": args.cuda_graphs if impl == "aware" else None, "logprob_batch": args.logprob_batch,
             "gradient_checkpointing": args.gradient_checkpointing if impl == "aware" else "trl default (on)"}
 
 
@@ -174,7 +180,10 @@ def main() -> int:
                         help="aware: model.gradient_checkpointing (TRL's GRPOConfig turns it on by default)")
     parser.add_argument("--data", default="builtin:alpaca-demo",
                         help="Alpaca-format JSON whose instructions are the prompts")
+    parser.add_argument("--precision", choices=["mixed", "bf16", "fp32"], default=None,
+                        help="both implementations (default: mixed on CUDA, fp32 on CPU)")
     args = parser.parse_args()
+    args.precision = args.precision or ("mixed" if torch.cuda.is_available() else "fp32")
     sys.path.insert(0, str(ROOT))
     result = bench_aware(args) if args.impl == "aware" else bench_trl(args)
     print(json.dumps(result))

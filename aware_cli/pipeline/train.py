@@ -206,16 +206,11 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                       f"data: {len(train_set)} training / {len(eval_set)} held-out rows from {cfg.data.path}")
 
         device = resolve_device(cfg.model.device)
-        precision = training_precision(cfg.trainer.precision, device)
-        model, tokenizer = load_model(cfg.model, device=device,
-                                      dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
+        sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
+        cfg, model, tokenizer, precision = load_for_training(cfg, device, sharded=sharded)
         trainable, total = count_parameters(model)
         console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} "
                       f"parameters, {precision} precision)")
-        sharded = ranks.enabled and cfg.trainer.parallel == "fsdp2"
-        if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
-            # sample at the update's compute precision from a cached bf16 copy (fsdp2: under autocast instead)
-            cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
         check_context(cfg, model)
         if anchors:  # their reference answers: the base model's, before any trained weights are loaded
             anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
@@ -393,6 +388,18 @@ def unpack_objective_state(tensors: Optional[Dict[str, torch.Tensor]], params) -
     if any(m.shape != p.shape for m, p in zip(mask, params)):
         raise ConfigError("resume: the checkpoint's saliency mask does not match the model's trainable parameters")
     return {"saliency_mask": mask}
+
+
+def load_for_training(cfg: AwareConfig, device, *, sharded: bool = False):
+    """(cfg, model, tokenizer, precision) for training at `trainer.precision` on `device`: the weights in the
+    precision's dtype, and under `mixed` sampling from a cached bf16 copy at the update's compute precision
+    (fsdp2 shards: under autocast instead), which is why the returned cfg may differ in `sampling.dtype`."""
+    precision = training_precision(cfg.trainer.precision, device)
+    model, tokenizer = load_model(cfg.model, device=device,
+                                  dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
+    if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
+        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
+    return cfg, model, tokenizer, precision
 
 
 def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], run_dir: Path,
