@@ -159,7 +159,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
     agree(error, policy.ranks)
     targets = [written.get(ex.id) or policy.refusal_ids[refusal_index[b]] if gate.target == REFUSAL
                else policy.target_ids[ex.id] for b, (ex, gate) in enumerate(zip(batch, gates))]
-    rollout = Rollout(batch, prompts, targets, sample_ids, scores, target_scores, gates, batch_size=B, k=k)
+    rollout = Rollout(batch, prompts, targets, sample_ids, scores, target_scores, gates, batch_size=B, k=k,
+                      refusals=[policy.refusal_ids[r] for r in refusal_index] if policy.refusal_ids else None)
     t3 = time.perf_counter()
 
     # 4. update: the objective's loss, its gradient in `.grad` (the gated one: L = mean_x [(1 − β)·L_SFT +

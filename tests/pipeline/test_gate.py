@@ -108,6 +108,20 @@ def test_abstain_only_when_the_refusal_beats_the_samples():
     assert gate_group([0.05] * 4, GateConfig(abstain_margin=0.0), refusal_score=0.05).regime == ABSTAIN
 
 
+def test_over_refusal_weight_only_where_refusing_is_clearly_worse():
+    cfg = GateConfig(over_refusal_penalty=0.5)  # abstain_margin 0.2
+    benign = gate_group([0.9, 0.95, 1.0, 0.95], cfg, refusal_score=0.05)      # answered well; refusing scores 0.05
+    assert benign.refusal_weight == pytest.approx(0.5 * (0.95 - 0.05))
+    assert gate_group([0.05] * 4, cfg, refusal_score=0.9).refusal_weight == 0.0    # harmful: abstains instead
+    assert gate_group([0.5] * 4, cfg, refusal_score=0.35).refusal_weight == 0.0    # gap 0.15 < margin
+    assert gate_group([0.9] * 4, cfg).refusal_weight == 0.0                        # refusal not scored
+    assert gate_group([0.9] * 4, GateConfig(), refusal_score=0.05).refusal_weight == 0.0  # off by default
+    tiny = GateConfig(over_refusal_penalty=0.01, min_weight=0.01)
+    assert gate_group([0.9] * 4, tiny, refusal_score=0.6).refusal_weight == 0.0     # 0.003 < min_weight
+    checked = GateConfig(over_refusal_penalty=0.5, target_check=True)
+    assert gate_group([0.9] * 4, checked, target_score=0.1, refusal_score=0.9).refusal_weight == 0.0
+
+
 def test_target_check_replaces_or_drops_a_misaligned_reference():
     cfg = GateConfig(target_check=True)
     refusing = [0.9, 0.95, 0.9, 1.0]                                          # the model already refuses

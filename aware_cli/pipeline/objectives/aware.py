@@ -2,7 +2,8 @@
 
 `GatedObjective` is the update shared with `sft` and `pg`/`grpo`: each input contributes its SFT
 target, weighted −(1 − β)/B (0 when the gate dropped the target), and each of its k samples,
-weighted −β·λ_pg·A_i/(k·B) (`gate.sample_weights`); `update.backward_gated_loss` forwards and
+weighted −β·λ_pg·A_i/(k·B) (`gate.sample_weights`), and, where refusing scores clearly below the samples
+(`gate.over_refusal_penalty`), its refusal y_ref weighted +w/B; `update.backward_gated_loss` forwards and
 back-propagates them in chunks, skipping zero weights. The objectives differ in what the step
 scores and in the gate: AWARE scores the reference and refusal targets too and gates on (μ, σ).
 """
@@ -24,13 +25,19 @@ class GatedObjective(Objective):
         cfg, B, k = policy.cfg, rollout.batch_size, rollout.k
         sequences: List[WeightedSequence] = []
         sft_index: List[int] = []
-        for prompt, target, samples, gate in zip(rollout.prompts, rollout.targets, rollout.samples, rollout.gates):
+        over_refusal: List[WeightedSequence] = []
+        refusals = rollout.refusals or [None] * len(rollout.prompts)
+        for prompt, target, samples, gate, refusal in zip(rollout.prompts, rollout.targets, rollout.samples,
+                                                          rollout.gates, refusals):
             sft_index.append(len(sequences))
             sft_weight = 0.0 if gate.target == NO_TARGET else -(1.0 - gate.beta) / B
             sequences.append(WeightedSequence(prompt, target, weight=sft_weight))
             weights = sample_weights(gate, cfg.objective.lambda_pg, k, cfg.gate.min_weight)
             for ids, weight in zip(samples, weights):
                 sequences.append(WeightedSequence(prompt, ids, weight=-weight / B, is_sample=True))
+            if gate.refusal_weight and refusal:  # over-refusal term: + w·ℓ(y_ref) pushes the refusal down
+                over_refusal.append(WeightedSequence(prompt, refusal, weight=gate.refusal_weight / B))
+        sequences += over_refusal  # after every input's block, so `sft_index` + j still finds the samples
         result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
                                      pad_id=policy.tokenizer.pad_token_id, device=policy.device,
                                      chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)

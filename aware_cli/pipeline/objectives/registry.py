@@ -44,6 +44,7 @@ class Rollout:
     gates: List[GroupGate]  # the gate's decision per input
     batch_size: int  # B, the step's global batch (every rank's inputs): loss weights are normalised by it
     k: int
+    refusals: Optional[List[List[int]]] = None  # each input's refusal y_ref (ids), for the over-refusal term
 
 
 @dataclass

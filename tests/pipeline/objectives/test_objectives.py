@@ -378,3 +378,29 @@ def test_load_preference_pairs_jsonl_and_bad_rows(tmp_path):
         load_preference_pairs(sharegpt)
     with pytest.raises(DataError, match="not found"):
         load_preference_pairs(tmp_path / "missing.jsonl")
+
+
+def test_over_refusal_term_pushes_the_refusal_down_with_its_weight(policy):
+    """GatedObjective: an input whose gate carries refusal_weight w adds + w/B · mean log π(y_ref) to the loss."""
+    from types import SimpleNamespace
+
+    from aware_cli.config.schema import AwareConfig
+    from aware_cli.pipeline.gate import SFT, GroupGate
+    from aware_cli.pipeline.objectives.aware import GatedObjective
+    from aware_cli.pipeline.objectives.registry import Rollout
+
+    prompt, target, refusal = [5, 6, 7], [20, 21, 22], [30, 31]
+    holder = SimpleNamespace(cfg=AwareConfig(), model=policy, tokenizer=SimpleNamespace(pad_token_id=PAD), device=CPU)
+
+    def run(weight):
+        gate = GroupGate(0.9, 0.0, 0.0, SFT, [0.0, 0.0], True, refusal_weight=weight)
+        rollout = Rollout([None], [prompt], [target], [[[24], [25]]], [[0.9, 0.9]], None, [gate], batch_size=2, k=2,
+                          refusals=[refusal])
+        policy.zero_grad(set_to_none=True)
+        return GatedObjective().update(holder, rollout, 0).result
+
+    plain, penalised = run(0.0), run(0.6)
+    lp = {tuple(r): float(mean_logprob(*token_logprobs(policy, [prompt], [r], PAD, CPU)).detach()) for r in (target, refusal)}
+    assert plain.loss == pytest.approx(-lp[tuple(target)] / 2, rel=1e-5)
+    assert penalised.loss == pytest.approx(-lp[tuple(target)] / 2 + 0.6 / 2 * lp[tuple(refusal)], rel=1e-5)
+    assert len(penalised.logprobs) == len(plain.logprobs) + 1  # the refusal was forwarded
