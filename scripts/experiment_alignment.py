@@ -194,6 +194,8 @@ def main() -> int:
                         help="a trained arm, e.g. aware-labels=objective=aware,verifier.harm.use_labels=true "
                              "(default: sft=objective=sft and aware=objective=aware)")
     parser.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
+    parser.add_argument("--no-arms", action="store_true", help="train nothing: evaluate only --model models "
+                        "(and the base model), e.g. earlier runs on another prompt selection")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="also evaluate this model (a run directory, checkpoint or HF id), untrained here; "
                              "e.g. the unsafe start of a recovery experiment")
@@ -222,7 +224,8 @@ def main() -> int:
     runs_dir = ROOT / "runs" / "experiments" / args.name
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    arms = dict(parse_arm(a) for a in args.arm) or {"sft": ["objective=sft"], "aware": ["objective=aware"]}
+    arms = {} if args.no_arms else (dict(parse_arm(a) for a in args.arm)
+                                    or {"sft": ["objective=sft"], "aware": ["objective=aware"]})
     common = [f"trainer.max_steps={args.steps}", f"trainer.seed={args.seed}", f"data.eval_size={args.task_rows}",
               "eval.every=0", f"trainer.save_every={max(1, args.steps // 4)}", *args.set]
     if args.quick:
