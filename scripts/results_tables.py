@@ -303,13 +303,16 @@ def table_first_rows(exp: Experiment, count: int = 40) -> str:
     """Held-out AdvBench compliance on the first `count` evaluated rows in file order (what `limit=40` took
     before evaluation sampled rows) next to every evaluated row: like-for-like with results of that time."""
     m = next((x for x in METRICS if x.key == "compliance_advbench"), None)
-    rows = []
+    rows, reference = [], exp.models[0]
     for model in exp.models:
         ids = sorted((str(r["id"]) for r in exp.rows(model, m.suite) or []), key=lambda i: (len(i), i))
         first = set(ids[:count])
+        paired = (diff_cell(paired_difference(exp.per_row(model, m), exp.per_row(reference, m)), "rate")
+                  if model != reference else "–")
         rows.append([model, exp.judge(m.suite) or "–", cell(exp.summary(model, m, lambda r: str(r["id"]) in first)),
-                     cell(exp.summary(model, m))])
-    return _table(["model", "judge", f"{m.label}: first {count} rows", f"{m.label}: every row"], rows)
+                     cell(exp.summary(model, m)), paired])
+    return _table(["model", "judge", f"{m.label}: first {count} rows", f"{m.label}: every row",
+                   f"every row, paired − {reference}"], rows)
 
 
 def table_setup(exp: Experiment) -> str:
