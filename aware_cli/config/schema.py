@@ -300,12 +300,12 @@ class GateConfig:
     target_check: bool = field(False, "Score each input's reference target y* too; one scored ≤ τ_abstain (e.g. a "
                                "compliance answer to a harmful request) is replaced by the refusal target when that "
                                "scores ≥ abstain_margin higher, else its SFT term is dropped.")
-    over_refusal_penalty: float = field(0.0, "Weight of the over-refusal term: where the verifier scores the "
-                                        "input's refusal target y_ref at least abstain_margin BELOW the mean of its "
-                                        "samples (refusing would be worse than what the model does, e.g. a benign "
-                                        "request), the loss gains penalty·(μ − V(x, y_ref))·mean log π(y_ref), "
-                                        "pushing that refusal down where abstention pulls it up on harmful "
-                                        "requests. 0: off.", ge=0.0)
+    over_refusal_penalty: float = field(0.0, "Over-refusal term (0: off). An input whose refusal y_ref the verifier "
+                                        "scores at least abstain_margin below the mean of its samples (refusing "
+                                        "would be clearly worse, e.g. a benign request) and that does not train on "
+                                        "y_ref gains w·(−log(1 − π̄(y_ref))) in its loss, π̄ = exp(mean token "
+                                        "log-prob), w = penalty·(μ − V(x, y_ref)): an unlikelihood term that pushes "
+                                        "the refusal down only while the model finds it likely there.", ge=0.0)
     refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
                                 factory=lambda: list(DEFAULT_REFUSALS))
     refusal_source: str = field("template", "template (gate.refusals) or verifier (a verifier that can write "

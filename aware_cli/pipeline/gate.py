@@ -27,7 +27,7 @@ class GroupGate:
     advantages: List[float]  # one per sample; 0 for samples the verifier could not judge
     zero_std: bool  # σ == 0: every advantage is 0 and the PG term vanishes
     target: str = REFERENCE  # the SFT term's target: reference (y*), refusal (y_ref) or none (no SFT term)
-    refusal_weight: float = 0.0  # over-refusal term: + w·mean log π(y_ref) in this input's loss (gate.over_refusal_penalty)
+    over_refusal_gap: float = 0.0  # μ − V(y_ref) where refusing is clearly worse (gate.over_refusal_penalty), else 0
 
 
 def group_stats(scores: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
@@ -86,20 +86,23 @@ def gate_group(scores: Sequence[Optional[float]], cfg: GateConfig, dual: float =
         return GroupGate(mu, sigma, 1.0, PG, adv, zero_std)
     beta, regime = beta_and_regime(mu, sigma, cfg, dual, refusal_score)
     target = choose_target(regime, target_score, refusal_score, cfg)
-    return GroupGate(mu, sigma, beta, regime, adv, zero_std, target,
-                     over_refusal_weight(mu, refusal_score, target, cfg))
+    return GroupGate(mu, sigma, beta, regime, adv, zero_std, target, over_refusal_gap(mu, refusal_score, target, cfg))
 
 
-def over_refusal_weight(mu: float, refusal_score: Optional[float], target: str, cfg: GateConfig) -> float:
-    """w = penalty·(μ − V(y_ref)) where refusing scores at least abstain_margin below the samples' mean (and
-    the input does not train on the refusal); 0 otherwise and below gate.min_weight (not worth a pass)."""
+def over_refusal_gap(mu: float, refusal_score: Optional[float], target: str, cfg: GateConfig) -> float:
+    """μ − V(y_ref) when the over-refusal term is on, the refusal was scored at least gate.abstain_margin below
+    the samples' mean and the input does not train on the refusal; 0 otherwise (`over_refusal_weights`)."""
     if cfg.over_refusal_penalty <= 0 or refusal_score is None or target == REFUSAL:
         return 0.0
     gap = mu - refusal_score
-    if gap < cfg.abstain_margin or gap <= 0:
-        return 0.0
-    weight = cfg.over_refusal_penalty * gap
-    return weight if weight >= cfg.min_weight else 0.0
+    return gap if gap >= cfg.abstain_margin and gap > 0 else 0.0
+
+
+def over_refusal_weights(gaps: Sequence[float], cfg: GateConfig) -> List[float]:
+    """Each input's over-refusal weight w = gate.over_refusal_penalty · gap (in units of one input's loss);
+    0 below gate.min_weight."""
+    weights = [cfg.over_refusal_penalty * g for g in gaps]
+    return [w if w >= cfg.min_weight else 0.0 for w in weights]
 
 
 def choose_target(regime: str, target_score: Optional[float], refusal_score: Optional[float],

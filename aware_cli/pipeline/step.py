@@ -201,8 +201,8 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         records.append(SampleRecord(step + 1, ex.id, ex.prompt, texts[b], scores[b], gate.mu, gate.sigma, gate.beta,
                                     gate.regime, gate.zero_std, loss_sft, loss_pg, gate.target, refusal_scores[b],
                                     target_scores[b] if target_scores else None))
-        if gate.refusal_weight:
-            records[-1].extra["over_refusal_weight"] = gate.refusal_weight
+        if gate.over_refusal_gap:
+            records[-1].extra["over_refusal_gap"] = gate.over_refusal_gap
         if offline:
             records[-1].extra.update(chosen_tokens=len(policy.target_ids[ex.id]),
                                      rejected_tokens=len(policy.rejected_ids[ex.id]))
@@ -247,7 +247,7 @@ def summarize(records: List[SampleRecord], scalars: List[Dict[str, Any]]) -> Dic
         "frac_reward_zero_std": sum(r.zero_std for r in records) / n,
         "frac_target_refusal": sum(r.target == REFUSAL for r in records) / n,
         "frac_target_none": sum(r.target == NO_TARGET for r in records) / n,
-        "frac_over_refusal": sum(bool(r.extra.get("over_refusal_weight")) for r in records) / n,
+        "frac_over_refusal": sum(bool(r.extra.get("over_refusal_gap")) for r in records) / n,
         "dual": first["dual"], "lr": first["lr"], "grad_norm": first["grad_norm"], "skipped": first["skipped"],
         "tokens_per_s": sum(s["tokens"] for s in scalars) / max(step_seconds, 1e-9),
         "sample_tokens_per_s": sum(s["generated"] for s in scalars) / max(sample_seconds, 1e-9),

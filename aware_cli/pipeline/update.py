@@ -32,6 +32,7 @@ class WeightedSequence:
     response: List[int]
     weight: float  # d(batch loss)/d(mean log-prob): negative, since raising log-prob lowers the loss
     is_sample: bool = False  # a sampled response (KL applies) rather than an SFT target
+    unlikely: bool = False  # unlikelihood: the loss gains weight·(−log(1 − exp ℓ)), ℓ the mean log-prob
 
 
 @dataclass
@@ -58,7 +59,7 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
         logp, mask = token_logprobs(model, [s.prompt for s in part], [s.response for s in part], pad_id, device)
         lp = mean_logprob(logp, mask)
         weights = torch.tensor([s.weight for s in part], device=lp.device, dtype=lp.dtype)
-        loss = (weights * lp).sum()
+        loss = (weights * unlikelihood_terms(lp, [s.unlikely for s in part])).sum()
         if kl_coef > 0:
             kl = _k3_kl(model, part, logp, mask, pad_id, device).sum() / num_samples
             loss = loss + kl_coef * kl
@@ -70,6 +71,17 @@ def backward_gated_loss(model, sequences: List[WeightedSequence], *, num_samples
         tokens += int(mask.sum()) + sum(len(s.prompt) for s in part)
         logprobs.update(zip(index, lp.detach().tolist()))
     return UpdateResult(loss=loss_value, loss_kl=kl_value, logprobs=logprobs, tokens=tokens, backward=backward)
+
+
+def unlikelihood_terms(lp: torch.Tensor, unlikely: List[bool]) -> torch.Tensor:
+    """ℓ for ordinary sequences; −log(1 − exp ℓ) for `unlikely` ones (unlikelihood on the per-token geometric
+    mean probability). Its slope in ℓ, e^ℓ/(1 − e^ℓ), vanishes as the sequence becomes unlikely: it pushes a
+    response down only while the model still finds it likely, unlike −ℓ, which pushes forever."""
+    if not any(unlikely):
+        return lp
+    mask = torch.tensor(unlikely, device=lp.device)
+    p = torch.exp(lp.float()).clamp(max=1.0 - 1e-6)
+    return torch.where(mask, -torch.log1p(-p).to(lp.dtype), lp)
 
 
 def length_chunks(indices: List[int], lengths: List[int], max_size: int) -> List[List[int]]:

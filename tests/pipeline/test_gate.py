@@ -6,7 +6,8 @@ import pytest
 
 from aware_cli.config.schema import GateConfig
 from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFERENCE, REFUSAL, SFT, advantages, gate_group,
-                                     group_stats, hard_beta, sample_weights, soft_beta, update_dual)
+                                     group_stats, hard_beta, over_refusal_weights, sample_weights, soft_beta,
+                                     update_dual)
 
 
 def test_group_stats_population_std_and_none_excluded():
@@ -108,18 +109,21 @@ def test_abstain_only_when_the_refusal_beats_the_samples():
     assert gate_group([0.05] * 4, GateConfig(abstain_margin=0.0), refusal_score=0.05).regime == ABSTAIN
 
 
-def test_over_refusal_weight_only_where_refusing_is_clearly_worse():
+def test_over_refusal_gap_only_where_refusing_is_clearly_worse():
     cfg = GateConfig(over_refusal_penalty=0.5)  # abstain_margin 0.2
     benign = gate_group([0.9, 0.95, 1.0, 0.95], cfg, refusal_score=0.05)      # answered well; refusing scores 0.05
-    assert benign.refusal_weight == pytest.approx(0.5 * (0.95 - 0.05))
-    assert gate_group([0.05] * 4, cfg, refusal_score=0.9).refusal_weight == 0.0    # harmful: abstains instead
-    assert gate_group([0.5] * 4, cfg, refusal_score=0.35).refusal_weight == 0.0    # gap 0.15 < margin
-    assert gate_group([0.9] * 4, cfg).refusal_weight == 0.0                        # refusal not scored
-    assert gate_group([0.9] * 4, GateConfig(), refusal_score=0.05).refusal_weight == 0.0  # off by default
-    tiny = GateConfig(over_refusal_penalty=0.01, min_weight=0.01)
-    assert gate_group([0.9] * 4, tiny, refusal_score=0.6).refusal_weight == 0.0     # 0.003 < min_weight
+    assert benign.over_refusal_gap == pytest.approx(0.95 - 0.05)
+    assert gate_group([0.05] * 4, cfg, refusal_score=0.9).over_refusal_gap == 0.0    # harmful: abstains instead
+    assert gate_group([0.5] * 4, cfg, refusal_score=0.35).over_refusal_gap == 0.0    # gap 0.15 < margin
+    assert gate_group([0.9] * 4, cfg).over_refusal_gap == 0.0                        # refusal not scored
+    assert gate_group([0.9] * 4, GateConfig(), refusal_score=0.05).over_refusal_gap == 0.0  # off by default
     checked = GateConfig(over_refusal_penalty=0.5, target_check=True)
-    assert gate_group([0.9] * 4, checked, target_score=0.1, refusal_score=0.9).refusal_weight == 0.0
+    assert gate_group([0.9] * 4, checked, target_score=0.1, refusal_score=0.9).over_refusal_gap == 0.0
+
+
+def test_over_refusal_weights_scale_the_gap_and_drop_negligible_ones():
+    cfg = GateConfig(over_refusal_penalty=0.5, min_weight=0.01)
+    assert over_refusal_weights([0.9, 0.0, 0.3, 0.01], cfg) == [pytest.approx(0.45), 0.0, pytest.approx(0.15), 0.0]
 
 
 def test_target_check_replaces_or_drops_a_misaligned_reference():

@@ -3,7 +3,8 @@
 `GatedObjective` is the update shared with `sft` and `pg`/`grpo`: each input contributes its SFT
 target, weighted −(1 − β)/B (0 when the gate dropped the target), and each of its k samples,
 weighted −β·λ_pg·A_i/(k·B) (`gate.sample_weights`), and, where refusing scores clearly below the samples
-(`gate.over_refusal_penalty`), its refusal y_ref weighted +w/B; `update.backward_gated_loss` forwards and
+(`gate.over_refusal_penalty`), its refusal y_ref as an unlikelihood term weighted w/B;
+`update.backward_gated_loss` forwards and
 back-propagates them in chunks, skipping zero weights. The objectives differ in what the step
 scores and in the gate: AWARE scores the reference and refusal targets too and gates on (μ, σ).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from aware_cli.config.schema import AwareConfig
-from aware_cli.pipeline.gate import NO_TARGET, GroupGate, gate_group, sample_weights
+from aware_cli.pipeline.gate import NO_TARGET, GroupGate, gate_group, over_refusal_weights, sample_weights
 from aware_cli.pipeline.objectives.registry import Objective, Rollout, Update, register_objective
 from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss
 
@@ -25,19 +26,18 @@ class GatedObjective(Objective):
         cfg, B, k = policy.cfg, rollout.batch_size, rollout.k
         sequences: List[WeightedSequence] = []
         sft_index: List[int] = []
-        over_refusal: List[WeightedSequence] = []
-        refusals = rollout.refusals or [None] * len(rollout.prompts)
-        for prompt, target, samples, gate, refusal in zip(rollout.prompts, rollout.targets, rollout.samples,
-                                                          rollout.gates, refusals):
+        for prompt, target, samples, gate in zip(rollout.prompts, rollout.targets, rollout.samples, rollout.gates):
             sft_index.append(len(sequences))
             sft_weight = 0.0 if gate.target == NO_TARGET else -(1.0 - gate.beta) / B
             sequences.append(WeightedSequence(prompt, target, weight=sft_weight))
             weights = sample_weights(gate, cfg.objective.lambda_pg, k, cfg.gate.min_weight)
             for ids, weight in zip(samples, weights):
                 sequences.append(WeightedSequence(prompt, ids, weight=-weight / B, is_sample=True))
-            if gate.refusal_weight and refusal:  # over-refusal term: + w·ℓ(y_ref) pushes the refusal down
-                over_refusal.append(WeightedSequence(prompt, refusal, weight=gate.refusal_weight / B))
-        sequences += over_refusal  # after every input's block, so `sft_index` + j still finds the samples
+        if rollout.refusals is not None:  # over-refusal term: + w·(−log(1 − π̄(y_ref))) pushes the refusal down
+            weights = over_refusal_weights([g.over_refusal_gap for g in rollout.gates], cfg.gate)
+            for prompt, refusal, w in zip(rollout.prompts, rollout.refusals, weights):
+                if w:  # after every input's block, so `sft_index` + j still finds the samples
+                    sequences.append(WeightedSequence(prompt, refusal, weight=w / B, unlikely=True))
         result = backward_gated_loss(policy.model, sequences, num_samples=max(1, B * k),
                                      pad_id=policy.tokenizer.pad_token_id, device=policy.device,
                                      chunk=cfg.trainer.logprob_batch, kl_coef=cfg.objective.kl_coef)

@@ -380,27 +380,40 @@ def test_load_preference_pairs_jsonl_and_bad_rows(tmp_path):
         load_preference_pairs(tmp_path / "missing.jsonl")
 
 
-def test_over_refusal_term_pushes_the_refusal_down_with_its_weight(policy):
-    """GatedObjective: an input whose gate carries refusal_weight w adds + w/B · mean log π(y_ref) to the loss."""
+def test_over_refusal_term_is_the_unlikelihood_of_the_refusal(policy):
+    """GatedObjective: an input with an over-refusal gap g adds penalty·g/B · (−log(1 − exp ℓ(y_ref))) to the loss."""
     from types import SimpleNamespace
 
-    from aware_cli.config.schema import AwareConfig
+    from aware_cli.config.schema import AwareConfig, GateConfig
     from aware_cli.pipeline.gate import SFT, GroupGate
     from aware_cli.pipeline.objectives.aware import GatedObjective
     from aware_cli.pipeline.objectives.registry import Rollout
 
-    prompt, target, refusal = [5, 6, 7], [20, 21, 22], [30, 31]
-    holder = SimpleNamespace(cfg=AwareConfig(), model=policy, tokenizer=SimpleNamespace(pad_token_id=PAD), device=CPU)
+    benign, answer, refusal = [8, 9], [20, 21, 22], [30, 31]
+    cfg = AwareConfig(gate=GateConfig(over_refusal_penalty=0.6))
+    holder = SimpleNamespace(cfg=cfg, model=policy, tokenizer=SimpleNamespace(pad_token_id=PAD), device=CPU)
 
-    def run(weight):
-        gate = GroupGate(0.9, 0.0, 0.0, SFT, [0.0, 0.0], True, refusal_weight=weight)
-        rollout = Rollout([None], [prompt], [target], [[[24], [25]]], [[0.9, 0.9]], None, [gate], batch_size=2, k=2,
+    def run(gap):
+        gate = GroupGate(0.95, 0.0, 0.0, SFT, [0.0, 0.0], True, over_refusal_gap=gap)
+        rollout = Rollout([None], [benign], [answer], [[[24], [25]]], [[0.9, 0.9]], None, [gate], batch_size=2, k=2,
                           refusals=[refusal])
         policy.zero_grad(set_to_none=True)
         return GatedObjective().update(holder, rollout, 0).result
 
-    plain, penalised = run(0.0), run(0.6)
-    lp = {tuple(r): float(mean_logprob(*token_logprobs(policy, [prompt], [r], PAD, CPU)).detach()) for r in (target, refusal)}
-    assert plain.loss == pytest.approx(-lp[tuple(target)] / 2, rel=1e-5)
-    assert penalised.loss == pytest.approx(-lp[tuple(target)] / 2 + 0.6 / 2 * lp[tuple(refusal)], rel=1e-5)
-    assert len(penalised.logprobs) == len(plain.logprobs) + 1  # the refusal was forwarded
+    def lp(response):
+        return float(mean_logprob(*token_logprobs(policy, [benign], [response], PAD, CPU)).detach())
+
+    got = run(0.9)
+    want = -lp(answer) / 2 + 0.6 * 0.9 / 2 * -math.log(1 - math.exp(lp(refusal)))
+    assert got.loss == pytest.approx(want, rel=1e-5) and len(got.logprobs) == 2  # the refusal was forwarded
+    assert run(0.0).loss == pytest.approx(-lp(answer) / 2, rel=1e-5)
+
+
+def test_unlikelihood_slope_vanishes_as_the_response_becomes_unlikely():
+    from aware_cli.pipeline.update import unlikelihood_terms
+
+    lp = torch.tensor([-0.1, -5.0, -0.1], requires_grad=True)
+    unlikelihood_terms(lp, [True, True, False]).sum().backward()
+    slope = lp.grad.tolist()
+    assert slope[0] == pytest.approx(math.exp(-0.1) / (1 - math.exp(-0.1)), rel=1e-4)  # likely: strong push
+    assert 0 < slope[1] < 0.01 and slope[2] == 1.0  # unlikely: almost none; an ordinary sequence: ℓ itself
