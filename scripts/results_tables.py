@@ -284,7 +284,7 @@ def table_overhead(exp: Experiment) -> str:
     for path in sorted(exp.dir.glob("overhead-cpu*.json")):
         data = json.loads(path.read_text())
         env = data["environment"]
-        threads = str(env["threads"])
+        threads = f"{data['commit'][:7]}, {env['threads']}"
         rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
                      f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
         for k, arm in data["aware"].items():
@@ -295,7 +295,7 @@ def table_overhead(exp: Experiment) -> str:
         notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
                      f"{data['model']}, batch {data['batch']}, {data['steps']} steps per arm (median of steps "
                      f"2–{data['steps']}), torch {env['torch']}, {env['threads']} torch thread(s).")
-    return _table(["torch threads", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
+    return _table(["commit, torch threads", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
