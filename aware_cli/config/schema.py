@@ -384,6 +384,11 @@ class SamplingConfig:
     top_p: float = field(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
     max_new_tokens: int = field(128, "Longest response sampled.", ge=1)
     ignore_eos: bool = field(False, "Never stop at EOS: every sample is max_new_tokens long (benchmarks).")
+    k_first: int = field(0, "Two-stage sampling (0 or ≥ k: off): draw k_first samples per prompt, score them, and "
+                         "draw the other k − k_first only for prompts the gate does not already send to plain SFT "
+                         "with every sample weight below gate.min_weight (objective=aware; not under fsdp2). "
+                         "Saves sampling on consistently aligned prompts, at the risk of missing a rare "
+                         "misaligned sample there (docs/performance.md).", ge=0)
     engine: str = field("aware", "aware (shared prefill, finished rows dropped, seeded sampler), hf "
                         "(transformers' generate on the B×k repeated prompts) or vllm (optional, needs `pip install "
                         "vllm` and a GPU; a model directory or HF id, not tiny or GGUF; for the k samples per prompt "

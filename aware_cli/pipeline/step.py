@@ -14,7 +14,7 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
-from aware_cli.pipeline.gate import ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, update_dual
+from aware_cli.pipeline.gate import ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, sample_weights, update_dual
 from aware_cli.pipeline.objectives import Rollout, Update, get_objective
 from aware_cli.pipeline.parallel import fsdp
 from aware_cli.pipeline.parallel.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
@@ -71,6 +71,26 @@ def batch_positions(local: int, ranks: Ranks) -> List[int]:
     return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
 
 
+SECOND_DRAW = 1_000_033  # row-seed offset of two-stage sampling's second draw
+
+
+def two_stage_first(cfg: AwareConfig, objective, sharded: bool) -> int:
+    """How many samples per input the first draw takes: sampling.k_first when two-stage sampling applies
+    (0 < k_first < k, an objective whose gate can settle an input, weights not fsdp2-sharded), else k."""
+    first = cfg.sampling.k_first
+    return first if 0 < first < cfg.k and objective.settles and not sharded else cfg.k
+
+
+def settled(objective, policy: Policy, scores, refusal_score, target_score) -> bool:
+    """Whether an input's first samples already decide it: the gate sends it to plain SFT on y* and every
+    sample weighs less than gate.min_weight, so more samples would be neither forwarded nor back-propagated
+    (unless they disagreed with the first ones: the saving is paid for with that risk)."""
+    cfg = policy.cfg
+    gate = objective.gate(scores, cfg, policy.dual, refusal_score=refusal_score, target_score=target_score)
+    return (gate.regime == SFT and gate.target != REFUSAL
+            and not any(sample_weights(gate, cfg.objective.lambda_pg, cfg.k, cfg.gate.min_weight)))
+
+
 def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[SampleRecord], Dict[str, Any]]:
     """Run one optimizer step on `batch` (this rank's share of the step's prompts).
 
@@ -90,7 +110,6 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
     seed = cfg.trainer.seed * 1_000_003 + step  # every random draw of a step derives from (seed, step)
     # each prompt samples from its own seed, by its place in the global batch: the same draws on any rank
     row_seeds = [seed * 65_537 + position for position in batch_positions(local, policy.ranks)]
-    t0 = time.perf_counter()
     sharded = fsdp.is_sharded(policy.model)
     sample_ids: List[List[List[int]]] = [[] for _ in batch]
     texts: List[List[str]] = [[] for _ in batch]
@@ -101,7 +120,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
     refusal_scores: List[Optional[float]] = [None] * len(batch)
     refusal_index = [refusal_for(ex.id, cfg.trainer.seed, len(cfg.gate.refusals)) if cfg.gate.refusals else 0
                      for ex in batch]
-    t1 = t2 = t0
+    sample_s = verify_s = 0.0
     error: Optional[BaseException] = None
     try:
         if sharded:  # fsdp2: whole weights on every rank for this step's local passes (see fsdp.py)
@@ -109,18 +128,6 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
 
         # 1. sample k responses per prompt (skipped by objectives that train on the targets only),
         #    in trainer.grad_accum micro-batches
-        if sampled:
-            micro = max(1, local // cfg.trainer.grad_accum)
-            for start in range(0, local, micro):
-                with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
-                    out = sample(policy.model, policy.tokenizer, prompts[start:start + micro], k, cfg.sampling,
-                                 seed=seed + 7919 * policy.ranks.rank + start, device=policy.device,
-                                 max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                 row_seeds=row_seeds[start:start + micro])
-                sample_ids[start:start + micro], texts[start:start + micro] = out.ids, out.texts
-                generated += out.num_tokens
-        t1 = time.perf_counter()
-
         # 2. verify: r_i = V(x, ŷ_i) ∈ [0, 1] or None; in the same call, as the objective asks, each input's
         #    reference target y* (online pairs: "chosen" only if aligned; gate.target_check) and refusal
         #    target y_ref (abstention needs refusing to score higher than the samples)
@@ -128,13 +135,43 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         score_refusals = objective.scores_refusals(cfg)
         extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
                   for ex, r in zip(batch, refusal_index)]
+
+        def draw(rows: List[int], n: int, seeds: List[int], with_extras: bool) -> None:
+            """Sample n more responses for the inputs `rows` and score them (stages 1 and 2)."""
+            nonlocal generated, sample_s, verify_s
+            micro = max(1, local // cfg.trainer.grad_accum)
+            for start in range(0, len(rows), micro):
+                part = rows[start:start + micro]
+                t = time.perf_counter()
+                with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
+                    out = sample(policy.model, policy.tokenizer, [prompts[b] for b in part], n, cfg.sampling,
+                                 seed=seed + 7919 * policy.ranks.rank + rows[start] + 104_729 * len(texts[part[0]]),
+                                 device=policy.device, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                                 row_seeds=seeds[start:start + micro])
+                generated += out.num_tokens
+                sample_s += time.perf_counter() - t
+                t = time.perf_counter()
+                more = [extras[b] if with_extras else [] for b in part]
+                scored = verify(policy.verifier, [batch[b] for b in part],
+                                [group + extra for group, extra in zip(out.texts, more)])
+                verify_s += time.perf_counter() - t
+                for b, ids, group, got in zip(part, out.ids, out.texts, scored):
+                    sample_ids[b] += ids
+                    texts[b] += group
+                    scores[b] += got[:len(group)]
+                    if with_extras and score_targets:
+                        target_scores[b] = got[len(group)]
+                    if with_extras and score_refusals:
+                        refusal_scores[b] = got[-1]
+
         if sampled:
-            scored = verify(policy.verifier, batch, [group + extra for group, extra in zip(texts, extras)])
-            scores = [group[:len(t)] for group, t in zip(scored, texts)]
-            target_scores = [group[len(t)] for group, t in zip(scored, texts)] if score_targets else None
-            if score_refusals:
-                refusal_scores = [group[-1] for group in scored]
-        t2 = time.perf_counter()
+            target_scores = [None] * local if score_targets else None
+            first = two_stage_first(cfg, objective, sharded)
+            draw(list(range(local)), first, row_seeds, with_extras=True)
+            if first < k:  # sampling.k_first: the rest only for inputs the first samples do not settle
+                rest = [b for b in range(local) if not settled(objective, policy, scores[b], refusal_scores[b],
+                                                              target_scores[b] if target_scores else None)]
+                draw(rest, k - first, [row_seeds[b] + SECOND_DRAW for b in rest], with_extras=False)
     except Exception as e:  # noqa: BLE001 - every rank learns of it in `agree`
         error = e
     # every rank's counts: all ranks stop together when the step's share of None is too high
@@ -145,6 +182,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         raise on_every_rank(e)
     unjudged = count_none(scores)[0]  # this rank's; `summarize` adds the ranks' counts
 
+    t2 = time.perf_counter()
     # 3. gate: μ, σ → β, regime, advantages, SFT target (y*, y_ref when abstaining, or none)
     error = None
     gates: List[GroupGate] = []
@@ -211,7 +249,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "verifier_none": unjudged,
         "tokens": result.tokens + generated, "generated": generated, "tokens_forwarded": result.tokens,
         "sequences_forwarded": len(result.logprobs),
-        "timing_s/sample": t1 - t0, "timing_s/verify": t2 - t1, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
+        "timing_s/sample": sample_s, "timing_s/verify": verify_s, "timing_s/gate": t3 - t2, "timing_s/update": t4 - t3,
         **{key: value - stats_before.get(key, 0.0) for key, value in verifier_stats(policy.verifier).items()},
         **{f"objective/{key}": float(value) for key, value in update.info.items() if isinstance(value, (int, float))},
     }

@@ -57,6 +57,8 @@ class GatedObjective(Objective):
 class Aware(GatedObjective):
     """Gated SFT + PG with abstention; the verifier also scores y* (gate.target_check) and y_ref (gate.abstain)."""
 
+    settles = True
+
     def scores_targets(self, cfg: AwareConfig) -> bool:
         return self.sampled(cfg) and cfg.gate.target_check
 

@@ -69,6 +69,7 @@ class Objective:
     # how each rank's part adds up to the 1-process loss: "batch" (weights / B), "pairs" (share of the
     # step's pairs, summed over ranks) or "rows" (a mean over the step's B rows, rank by rank)
     scaling = "batch"
+    settles = False  # two-stage sampling (sampling.k_first) may stop after the first draw for inputs its gate settles
 
     def sampled(self, cfg: AwareConfig) -> bool:
         """Whether this step samples and verifies (offline pairs: no)."""
