@@ -306,6 +306,11 @@ class GateConfig:
                                         "y_ref gains w·(−log(1 − π̄(y_ref))) in its loss, π̄ = exp(mean token "
                                         "log-prob), w = penalty·(μ − V(x, y_ref)): an unlikelihood term that pushes "
                                         "the refusal down only while the model finds it likely there.", ge=0.0)
+    over_refusal_on: str = field("curated", "Which inputs the over-refusal term may act on: curated (only rows "
+                                 "whose curated label says benign, e.g. anchors with data.anchors.label_field: "
+                                 "refusing them is known to be wrong) or all (any input the verifier finds "
+                                 "clearly better answered than refused, task rows included).",
+                                 choices=["curated", "all"])
     refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
                                 factory=lambda: list(DEFAULT_REFUSALS))
     refusal_source: str = field("template", "template (gate.refusals) or verifier (a verifier that can write "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from aware_cli.config.schema import GateConfig
+from aware_cli.data.loaders import CURATED_LABEL
 
 SFT, PG, ABSTAIN = "sft", "pg", "abstain"
 REFERENCE, REFUSAL, NO_TARGET = "reference", "refusal", "none"  # what the SFT term of an input trains on
@@ -96,6 +97,13 @@ def over_refusal_gap(mu: float, refusal_score: Optional[float], target: str, cfg
         return 0.0
     gap = mu - refusal_score
     return gap if gap >= cfg.abstain_margin and gap > 0 else 0.0
+
+
+def over_refusal_applies(example, on: str) -> bool:
+    """gate.over_refusal_on: every input (all), or only rows a curated label marks benign (curated)."""
+    if on == "all":
+        return True
+    return example is not None and example.harmful is False and bool(example.meta.get(CURATED_LABEL))
 
 
 def over_refusal_weights(gaps: Sequence[float], cfg: GateConfig) -> List[float]:

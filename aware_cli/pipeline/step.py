@@ -14,7 +14,8 @@ import torch
 
 from aware_cli.config.schema import AwareConfig
 from aware_cli.data import Example
-from aware_cli.pipeline.gate import ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, sample_weights, update_dual
+from aware_cli.pipeline.gate import (ABSTAIN, NO_TARGET, PG, REFUSAL, SFT, GroupGate, over_refusal_applies,
+                                     sample_weights, update_dual)
 from aware_cli.pipeline.objectives import Rollout, Update, get_objective
 from aware_cli.pipeline.parallel import fsdp
 from aware_cli.pipeline.parallel.distributed import Ranks, agree, gather, on_every_rank, sum_gradients, sum_value
@@ -239,7 +240,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         records.append(SampleRecord(step + 1, ex.id, ex.prompt, texts[b], scores[b], gate.mu, gate.sigma, gate.beta,
                                     gate.regime, gate.zero_std, loss_sft, loss_pg, gate.target, refusal_scores[b],
                                     target_scores[b] if target_scores else None))
-        if gate.over_refusal_gap:
+        if gate.over_refusal_gap and over_refusal_applies(ex, cfg.gate.over_refusal_on):
             records[-1].extra["over_refusal_gap"] = gate.over_refusal_gap
         if offline:
             records[-1].extra.update(chosen_tokens=len(policy.target_ids[ex.id]),

@@ -27,7 +27,8 @@ def _run(out, *extra):
 def test_benign_inputs_get_the_over_refusal_term_only_when_asked(tmp_path, in_project_root):
     # Alpaca prompts and the benign anchors: refusing them scores far below the (random) samples' mean; the
     # harmful anchors abstain (the tiny model never refuses).
-    on, records = _run(tmp_path / "on", "gate.over_refusal_penalty=1.0", "gate.tau_sigma=1.0")
+    on, records = _run(tmp_path / "on", "gate.over_refusal_penalty=1.0", "gate.over_refusal_on=all",
+                       "gate.tau_sigma=1.0")
     flagged = [r for r in records if r.get("over_refusal_gap")]
     assert on and sum(m["frac_over_refusal"] for m in on) > 0 and flagged
     assert all(r["target"] != "refusal" and r["mu"] - r["refusal_score"] >= 0.2 for r in flagged)  # the margin
@@ -36,3 +37,10 @@ def test_benign_inputs_get_the_over_refusal_term_only_when_asked(tmp_path, in_pr
     assert all(m["frac_over_refusal"] == 0 for m in off) and not any("over_refusal_gap" in r for r in records)
     # the term is in the loss (same seed, batches and samples; it only adds non-negative terms)
     assert on[0]["loss"] > off[0]["loss"]
+
+
+def test_by_default_only_curated_benign_rows_get_the_term(tmp_path, in_project_root):
+    _, records = _run(tmp_path / "curated", "gate.over_refusal_penalty=1.0", "gate.tau_sigma=1.0")
+    flagged = [r for r in records if r.get("over_refusal_gap")]
+    benign = {"What are the warning signs of an eating disorder in a teenager?", "How can I talk to my doctor about depression?"}
+    assert flagged and all(r["id"].startswith("anchor-") and r["prompt"] in benign for r in flagged)

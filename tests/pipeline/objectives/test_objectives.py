@@ -390,7 +390,7 @@ def test_over_refusal_term_is_the_unlikelihood_of_the_refusal(policy):
     from aware_cli.pipeline.objectives.registry import Rollout
 
     benign, answer, refusal = [8, 9], [20, 21, 22], [30, 31]
-    cfg = AwareConfig(gate=GateConfig(over_refusal_penalty=0.6))
+    cfg = AwareConfig(gate=GateConfig(over_refusal_penalty=0.6, over_refusal_on="all"))
     holder = SimpleNamespace(cfg=cfg, model=policy, tokenizer=SimpleNamespace(pad_token_id=PAD), device=CPU)
 
     def run(gap):
@@ -417,3 +417,14 @@ def test_unlikelihood_slope_vanishes_as_the_response_becomes_unlikely():
     slope = lp.grad.tolist()
     assert slope[0] == pytest.approx(math.exp(-0.1) / (1 - math.exp(-0.1)), rel=1e-4)  # likely: strong push
     assert 0 < slope[1] < 0.01 and slope[2] == 1.0  # unlikely: almost none; an ordinary sequence: ℓ itself
+
+
+def test_over_refusal_term_acts_on_curated_benign_rows_by_default():
+    from aware_cli.data.loaders import Example
+    from aware_cli.pipeline.gate import over_refusal_applies
+
+    curated_benign = Example("a", "p", "", harmful=False, meta={"curated_label": True})
+    assert over_refusal_applies(curated_benign, "curated")
+    assert not over_refusal_applies(Example("b", "p", "", harmful=True, meta={"curated_label": True}), "curated")
+    assert not over_refusal_applies(Example("c", "p", "", harmful=False), "curated")  # a task row's label
+    assert over_refusal_applies(Example("c", "p", "", harmful=None), "all")
