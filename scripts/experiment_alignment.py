@@ -114,13 +114,17 @@ def run_summary(run: Path) -> Dict[str, Any]:
 
     regimes: Dict[str, int] = {}
     targets: Dict[str, int] = {}
+    task_refusals: Dict[str, Dict[str, Any]] = {}  # task rows (not mixed-in, not anchors) trained on a refusal
     for record in samples:
         regimes[record["regime"]] = regimes.get(record["regime"], 0) + 1
         target = record.get("target", "reference")
         targets[target] = targets.get(target, 0) + 1
+        if target == "refusal" and not str(record["id"]).startswith(("mix-", "anchor-")):
+            row = task_refusals.setdefault(str(record["id"]), {"prompt": record["prompt"], "steps": 0})
+            row["steps"] += 1
     return {"median_step_s": statistics.median(sum(m.get(f"timing_s/{s}", 0.0) for s in stages) for m in metrics),
             "median_stage_s": {s: median(f"timing_s/{s}") for s in stages}, "steps": len(metrics),
-            "input_steps": len(samples), "regimes": regimes, "targets": targets,
+            "input_steps": len(samples), "regimes": regimes, "targets": targets, "task_refusals": task_refusals,
             "config": yaml.safe_load((run / "config.yaml").read_text())}
 
 

@@ -227,6 +227,17 @@ def table_arms(exp: Experiment) -> str:
     return _table(["arm", "overrides", "steps", "input-steps by regime", "SFT targets", "median step s"], rows)
 
 
+def table_task_refusals(exp: Experiment) -> str:
+    """Task rows (neither mixed-in harmful rows nor anchors) that some arm trained on a refusal target."""
+    rows = []
+    for name, arm in exp.meta["arms"].items():
+        for row_id, row in sorted(arm.get("task_refusals", {}).items()):
+            rows.append([name, row_id, row["prompt"].replace("|", "\\|"), str(row["steps"])])
+    if not rows:
+        return "(no task row was trained on a refusal)\n"
+    return _table(["arm", "task row", "prompt", "input-steps with the refusal target"], rows)
+
+
 def _breakdown(exp: Experiment, metric_key: str, column: str) -> str:
     m = next((x for x in exp.metrics() if x.key == metric_key), None)
     if m is None:
@@ -330,7 +341,7 @@ def table_setup(exp: Experiment) -> str:
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
           "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead,
-          "first_rows": table_first_rows}
+          "first_rows": table_first_rows, "task_refusals": table_task_refusals}
 
 
 def render_experiment(directory: Path) -> str:
