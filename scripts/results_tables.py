@@ -295,7 +295,8 @@ def table_overhead(exp: Experiment) -> str:
     for path in sorted(exp.dir.glob("overhead-cpu*.json")):
         data = json.loads(path.read_text())
         env = data["environment"]
-        threads = f"{data['commit'][:7]}, {env['threads']}"
+        sets = re.findall(r"--set (\S+)", data["command"])
+        threads = f"{data['commit'][:7]}, {env['threads']}" + "".join(f", `{x}`" for x in sets)
         rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
                      f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
         for k, arm in data["aware"].items():
@@ -306,7 +307,7 @@ def table_overhead(exp: Experiment) -> str:
         notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
                      f"{data['model']}, batch {data['batch']}, {data['steps']} steps per arm (median of steps "
                      f"2–{data['steps']}), torch {env['torch']}, {env['threads']} torch thread(s).")
-    return _table(["commit, torch threads", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
+    return _table(["commit, torch threads, --set", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
