@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def batch_positions(local: int, ranks: Ranks) -> List[int]:
     return [ranks.rank + b * ranks.world for b in range(local)] if ranks.enabled else list(range(local))
 
 
-SECOND_DRAW = 1_000_033  # row-seed offset of two-stage sampling's second draw
+SECOND_DRAW = 1_000_033  # seed offset of two-stage sampling's second draw
 
 
 def two_stage_first(cfg: AwareConfig, objective, sharded: bool) -> int:
@@ -137,42 +138,46 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         extras = [([ex.response] if score_targets else []) + ([cfg.gate.refusals[r]] if score_refusals else [])
                   for ex, r in zip(batch, refusal_index)]
 
-        def draw(rows: List[int], n: int, seeds: List[int], with_extras: bool) -> None:
-            """Sample n more responses for the inputs `rows` and score them (stages 1 and 2)."""
+        def draw(rows: List[int], n: int, offset: int, with_extras: bool) -> None:
+            """Sample n more responses for the inputs `rows` (stage 1, in micro-batches; seeds shifted by `offset`)
+            and score them in one verifier call (stage 2)."""
             nonlocal generated, sample_s, verify_s
+            t = time.perf_counter()
+            new: Dict[int, List[str]] = {}
             micro = max(1, local // cfg.trainer.grad_accum)
             for start in range(0, len(rows), micro):
                 part = rows[start:start + micro]
-                t = time.perf_counter()
                 with compute_precision(policy.precision if sharded else "fp32", policy.device):  # fsdp2 + mixed
                     out = sample(policy.model, policy.tokenizer, [prompts[b] for b in part], n, cfg.sampling,
-                                 seed=seed + 7919 * policy.ranks.rank + rows[start] + 104_729 * len(texts[part[0]]),
-                                 device=policy.device, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                 row_seeds=seeds[start:start + micro])
+                                 seed=seed + 7919 * policy.ranks.rank + part[0] + offset, device=policy.device,
+                                 max_prompt_tokens=cfg.data.max_prompt_tokens,
+                                 row_seeds=[row_seeds[b] + offset for b in part])
                 generated += out.num_tokens
-                sample_s += time.perf_counter() - t
-                t = time.perf_counter()
-                more = [extras[b] if with_extras else [] for b in part]
-                scored = verify(policy.verifier, [batch[b] for b in part],
-                                [group + extra for group, extra in zip(out.texts, more)])
-                verify_s += time.perf_counter() - t
-                for b, ids, group, got in zip(part, out.ids, out.texts, scored):
+                for b, ids, group in zip(part, out.ids, out.texts):
                     sample_ids[b] += ids
                     texts[b] += group
-                    scores[b] += got[:len(group)]
-                    if with_extras and score_targets:
-                        target_scores[b] = got[len(group)]
-                    if with_extras and score_refusals:
-                        refusal_scores[b] = got[-1]
+                    new[b] = group
+            sample_s += time.perf_counter() - t
+            t = time.perf_counter()
+            scored = verify(policy.verifier, [batch[b] for b in rows],
+                            [new[b] + (extras[b] if with_extras else []) for b in rows])
+            verify_s += time.perf_counter() - t
+            for b, got in zip(rows, scored):
+                scores[b] += got[:len(new[b])]
+                if with_extras and score_targets:
+                    target_scores[b] = got[len(new[b])]
+                if with_extras and score_refusals:
+                    refusal_scores[b] = got[-1]
 
         if sampled:
             target_scores = [None] * local if score_targets else None
             first = two_stage_first(cfg, objective, sharded)
-            draw(list(range(local)), first, row_seeds, with_extras=True)
+            draw(list(range(local)), first, 0, with_extras=True)
             if first < k:  # sampling.k_first: the rest only for inputs the first samples do not settle
                 rest = [b for b in range(local) if not settled(objective, policy, scores[b], refusal_scores[b],
                                                               target_scores[b] if target_scores else None)]
-                draw(rest, k - first, [row_seeds[b] + SECOND_DRAW for b in rest], with_extras=False)
+                if rest:
+                    draw(rest, k - first, SECOND_DRAW, with_extras=False)
     except Exception as e:  # noqa: BLE001 - every rank learns of it in `agree`
         error = e
     # every rank's counts: all ranks stop together when the step's share of None is too high
@@ -196,6 +201,9 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
     except Exception as e:  # noqa: BLE001
         error = e
     agree(error, policy.ranks)
+    # the over-refusal term only where gate.over_refusal_on allows it (the gate sees scores, not rows)
+    gates = [g if not g.over_refusal_gap or over_refusal_applies(ex, cfg.gate.over_refusal_on)
+             else dataclasses.replace(g, over_refusal_gap=0.0) for ex, g in zip(batch, gates)]
     targets = [written.get(ex.id) or policy.refusal_ids[refusal_index[b]] if gate.target == REFUSAL
                else policy.target_ids[ex.id] for b, (ex, gate) in enumerate(zip(batch, gates))]
     rollout = Rollout(batch, prompts, targets, sample_ids, scores, target_scores, gates, batch_size=B, k=k,
@@ -240,7 +248,7 @@ def train_step(policy: Policy, batch: List[Example], step: int) -> Tuple[List[Sa
         records.append(SampleRecord(step + 1, ex.id, ex.prompt, texts[b], scores[b], gate.mu, gate.sigma, gate.beta,
                                     gate.regime, gate.zero_std, loss_sft, loss_pg, gate.target, refusal_scores[b],
                                     target_scores[b] if target_scores else None))
-        if gate.over_refusal_gap and over_refusal_applies(ex, cfg.gate.over_refusal_on):
+        if gate.over_refusal_gap:
             records[-1].extra["over_refusal_gap"] = gate.over_refusal_gap
         if offline:
             records[-1].extra.update(chosen_tokens=len(policy.target_ids[ex.id]),

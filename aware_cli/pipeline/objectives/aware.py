@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from aware_cli.config.schema import AwareConfig
-from aware_cli.pipeline.gate import (NO_TARGET, GroupGate, gate_group, over_refusal_applies, over_refusal_weights,
-                                     sample_weights)
+from aware_cli.pipeline.gate import NO_TARGET, GroupGate, gate_group, over_refusal_weights, sample_weights
 from aware_cli.pipeline.objectives.registry import Objective, Rollout, Update, register_objective
 from aware_cli.pipeline.update import WeightedSequence, backward_gated_loss
 
@@ -35,9 +34,7 @@ class GatedObjective(Objective):
             for ids, weight in zip(samples, weights):
                 sequences.append(WeightedSequence(prompt, ids, weight=-weight / B, is_sample=True))
         if rollout.refusals is not None:  # over-refusal term: + w·(−log(1 − π̄(y_ref))) pushes the refusal down
-            gaps = [g.over_refusal_gap if over_refusal_applies(ex, cfg.gate.over_refusal_on) else 0.0
-                    for ex, g in zip(rollout.batch, rollout.gates)]
-            weights = over_refusal_weights(gaps, cfg.gate)
+            weights = over_refusal_weights([g.over_refusal_gap for g in rollout.gates], cfg.gate)
             for prompt, refusal, w in zip(rollout.prompts, rollout.refusals, weights):
                 if w:  # after every input's block, so `sft_index` + j still finds the samples
                     sequences.append(WeightedSequence(prompt, refusal, weight=w / B, unlikely=True))
