@@ -128,6 +128,12 @@ class AnchorsConfig:
                                        "labels reach the verifier as trusted harm labels (harm: p_h = 1 or 0) even "
                                        "with verifier.harm.use_labels=false; task rows never do. null: the request "
                                        "model judges the anchors too.")
+    pair_field: Optional[str] = field(None, "Column naming each anchor's subject (builtin:safety-prompts: group; "
+                                      "needs label_field). Anchors then come in pairs, one harmful and one benign "
+                                      "request on the same subject, and every step takes per_step/2 whole pairs (per_step "
+                                      "must be even), so the refusal learned on the harmful request meets, in the same "
+                                      "step, an answer on the same subject; subjects lacking either label are left out. "
+                                      "null: anchors are drawn one by one.")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from aware_cli.config import Composed
 from aware_cli.config.schema import AwareConfig
 from aware_cli.errors import AwareError, ConfigError
 from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_response_ids
-from aware_cli.data.anchors import anchors_for_step, load_anchors, used_anchors
+from aware_cli.data.anchors import anchor_unit, anchors_for_step, load_anchors, used_anchors
 from aware_cli.data.mix import load_training_data
 from aware_cli.data.preference import offline_training_data
 from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
@@ -305,7 +305,7 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
                                                              cfg.trainer.seed)]
                 if anchors:
                     rows += [anchors[i] for i in anchors_for_step(step, len(anchors), policy.anchors_per_step,
-                                                                  cfg.trainer.seed)]
+                                                                  cfg.trainer.seed, anchor_unit(cfg.data.anchors))]
                 batch = distributed.shard(rows, ranks)
                 records, scalars = train_step(policy, batch, step)
                 records = [r for part in distributed.gather(records, ranks) for r in part]
@@ -411,7 +411,7 @@ def anchor_answers(cfg: AwareConfig, model, tokenizer, anchors: List[Example], r
     """
     path = run_dir / "anchors.json"
     used = [anchors[i] for i in used_anchors(len(anchors), cfg.data.anchors.per_step, cfg.trainer.max_steps,
-                                              cfg.trainer.seed)]
+                                              cfg.trainer.seed, anchor_unit(cfg.data.anchors))]
     answers = json.loads(path.read_text()) if path.is_file() else {}
     if ranks.is_main and any(ex.id not in answers for ex in used):
         from aware_cli.pipeline.rollout.sample import generate
