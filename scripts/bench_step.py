@@ -65,7 +65,10 @@ def bench_aware(args) -> dict:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        records, scalars = _train_step(policy, batch, step)
+        if args.profile and step == args.warmup:  # one step under torch.profiler: its top operators to stderr
+            records, scalars = _profiled(lambda: _train_step(policy, batch, step))
+        else:
+            records, scalars = _train_step(policy, batch, step)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         if step >= args.warmup:
@@ -74,6 +77,18 @@ def bench_aware(args) -> dict:
             stages.append({k: metrics[k] for k in metrics if k.startswith("timing_s/")})
             tokens.append(scalars["generated"])
     return _report(args, "aware", times, tokens, {k: statistics.median(s[k] for s in stages) for k in stages[0]})
+
+
+def _profiled(run):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        out = run()
+    averages = prof.key_averages()
+    for key in (["self_cuda_time_total"] if torch.cuda.is_available() else []) + ["self_cpu_time_total"]:
+        print(averages.table(sort_by=key, row_limit=25), file=sys.stderr)
+    return out
 
 
 def _train_step(policy, batch, step):
@@ -180,6 +195,9 @@ def main() -> int:
                         help="aware: model.gradient_checkpointing (TRL's GRPOConfig turns it on by default)")
     parser.add_argument("--data", default="builtin:alpaca-demo",
                         help="Alpaca-format JSON whose instructions are the prompts")
+    parser.add_argument("--profile", action="store_true",
+                        help="aware: run the first timed step under torch.profiler and print its top operators "
+                             "(GPU and CPU self time) to stderr; that step's time includes the profiler's overhead")
     parser.add_argument("--precision", choices=["mixed", "bf16", "fp32"], default=None,
                         help="both implementations (default: mixed on CUDA, fp32 on CPU)")
     args = parser.parse_args()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks and the aware-vs-TRL step benchmark of docs/performance.md, in one run.
 #
-#   bash scripts/gpu_bench.sh [OUT_DIR] [ALPACA_JSON]
+#   bash scripts/gpu_bench.sh [OUT_DIR] [ALPACA_JSON] [PRECISION]
 #
+# PRECISION (default mixed: fp32 master weights and AdamW state + bf16 autocast) is used by both
+# implementations, so every aware row has a TRL row at the same precision.
 # Needs a CUDA GPU, aware's dependencies and trl importable (`pip install -e . trl`). Writes
 # OUT_DIR/bench.jsonl (one JSON line per benchmark, scripts/bench_step.py) and OUT_DIR/log.txt, and
 # prints a table last. Ordered by importance and each part time-limited, so that a short lease
@@ -10,6 +12,7 @@
 set -u
 out=${1:-bench-out}
 data=${2:-builtin:alpaca-demo}
+precision=${3:-mixed}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 - <<'EOF' 2>&1 | tee -a "$out/log.txt"
@@ -26,7 +29,7 @@ EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/log.txt"
 
 # correctness first: the CUDA-graph decoder against eager decoding (tiny model)
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/pipeline/test_static_decode.py 2>&1 | tail -4 \
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/pipeline/rollout/test_static_decode.py 2>&1 | tail -4 \
   | tee -a "$out/log.txt"
 
 bench() {  # $1: seconds allowed; the rest: bench_step.py arguments
@@ -35,23 +38,25 @@ bench() {  # $1: seconds allowed; the rest: bench_step.py arguments
   timeout "$limit" python3 scripts/bench_step.py --data "$data" "$@" 2>>"$out/log.txt" | tail -1 \
     | tee -a "$out/bench.jsonl"
 }
-common="--batch 8 --k 4 --max-new-tokens 128"
-bench 170 --model-size 1.7b $common --steps 8 --warmup 2 --impl aware
-bench 170 --model-size 1.7b $common --steps 8 --warmup 2 --impl trl
-bench 120 --model-size 135m $common --steps 8 --warmup 2 --impl aware
-bench 150 --model-size 135m $common --steps 8 --warmup 2 --impl trl
-# what the CUDA graph buys: the same aware step with eager decoding (fewer steps)
-bench 120 --model-size 1.7b $common --steps 4 --warmup 1 --impl aware --cuda-graphs false
-bench 90 --model-size 135m $common --steps 4 --warmup 1 --impl aware --cuda-graphs false
+common="--batch 8 --k 4 --max-new-tokens 128 --precision $precision"
+bench 150 --model-size 1.7b $common --steps 8 --warmup 2 --impl aware
+bench 150 --model-size 1.7b $common --steps 8 --warmup 2 --impl trl
+bench 100 --model-size 135m $common --steps 8 --warmup 2 --impl aware
+bench 130 --model-size 135m $common --steps 8 --warmup 2 --impl trl
+# peak memory with gradient checkpointing (TRL's default) and the lean GPU log-probs
+bench 80 --model-size 135m $common --steps 8 --warmup 2 --impl aware --gradient-checkpointing true
+bench 100 --model-size 1.7b $common --steps 8 --warmup 2 --impl aware --gradient-checkpointing true
 
 python3 - "$out/bench.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-print(f"{'size':6} {'impl':6} {'graphs':6} {'median s':>9} {'tok/s':>8} {'peak GiB':>9}  stages")
+if not rows:
+    sys.exit(f"no benchmark finished: see {sys.argv[1].rsplit('/', 1)[0]}/log.txt")
+print(f"{'size':6} {'impl':6} {'prec':6} {'ckpt':6} {'median s':>9} {'tok/s':>8} {'peak GiB':>9}  stages")
 for r in rows:
     if "error" in r:
         print(r); continue
     stages = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in r["stages_s"].items())
-    print(f"{r['model_size']:6} {r['impl']:6} {str(r['cuda_graphs']):6} {r['median_step_s']:9.3f} "
+    print(f"{r['model_size']:6} {r['impl']:6} {r['precision']:6} {str(r['gradient_checkpointing'])[:6]:6} {r['median_step_s']:9.3f} "
           f"{r['completion_tokens_per_s']:8.0f} {r['peak_gpu_mem_gib'] or 0:9.2f}  {stages}")
 EOF

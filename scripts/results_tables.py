@@ -311,6 +311,35 @@ def table_overhead(exp: Experiment) -> str:
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
+def table_gpu(exp: Experiment) -> str:
+    """aware vs TRL GRPOTrainer on a GPU: every docs/bench/h200-*.jsonl (scripts/bench_step.py lines)."""
+    rows = []
+    for path in sorted(exp.dir.glob("h200-*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        for r in lines:  # the first file predates --precision: aware trained in bf16, TRL in mixed
+            r.setdefault("precision", "bf16" if r["impl"] == "aware" else "mixed")
+        trl = {(r["model_size"], r["precision"]): r for r in lines if r["impl"] == "trl" and "error" not in r}
+        for r in lines:
+            if "error" in r:
+                continue
+            same = trl.get((r["model_size"], r["precision"]))
+            ratio = f"{same['median_step_s'] / r['median_step_s']:.2f}×" if same else "–"
+            stages = r.get("stages_s") or {}
+            ckpt = r.get("gradient_checkpointing")
+            variant = ", ".join((["eager decoding"] if r.get("cuda_graphs") is False else [])
+                                + ([f"logprob_batch={r['logprob_batch']}"] if r.get("logprob_batch", 16) != 16 else [])
+                                + ([f"{r['steps']} timed steps"] if r["steps"] != 8 else [])) or "–"
+            rows.append([path.name, r["model_size"], "TRL GRPOTrainer" if r["impl"] == "trl" else "aware",
+                         r["precision"], "on (TRL default)" if r["impl"] == "trl" else ("on" if ckpt else "off"), variant,
+                         f"{r['median_step_s']:.3f}", ratio if r["impl"] == "aware" else "1.00×",
+                         f"{r['completion_tokens_per_s']:.0f}", f"{r['peak_gpu_mem_gib']:.2f}",
+                         f"{stages['timing_s/sample']:.3f}" if stages else "–",
+                         f"{stages['timing_s/update']:.3f}" if stages else "–"])
+    return _table(["file", "shape", "implementation", "precision", "grad. checkpointing", "variant", "median step s",
+                   "TRL step / aware step (same shape, precision, file)", "completion tokens/s", "peak GPU GiB",
+                   "sample s", "update s"], rows)
+
+
 def table_first_rows(exp: Experiment, count: int = 40) -> str:
     """Held-out AdvBench compliance on the first `count` evaluated rows in file order (what `limit=40` took
     before evaluation sampled rows) next to every evaluated row: like-for-like with results of that time."""
@@ -341,7 +370,7 @@ def table_setup(exp: Experiment) -> str:
 
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead,
+          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "gpu": table_gpu,
           "first_rows": table_first_rows, "task_refusals": table_task_refusals}
 
 

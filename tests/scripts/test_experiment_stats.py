@@ -90,3 +90,19 @@ def test_results_page_matches_its_artifacts():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_tables.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_gpu_table_compares_only_rows_of_one_shape_and_precision(tmp_path):
+    def row(impl, size, precision, step, **extra):
+        stages = {"timing_s/sample": 0.5, "timing_s/update": 0.25} if impl == "aware" else {}
+        return json.dumps({"impl": impl, "model_size": size, "precision": precision, "median_step_s": step,
+                           "completion_tokens_per_s": 100.0, "peak_gpu_mem_gib": 1.0, "stages_s": stages,
+                           "steps": 8, **extra}) + "\n"
+    (tmp_path / "h200-x.jsonl").write_text(row("aware", "135m", "mixed", 1.0) + row("trl", "135m", "mixed", 4.0)
+                                           + row("aware", "135m", "bf16", 0.5) + row("aware", "1.7b", "mixed", 2.0)
+                                           + '{"impl": "trl", "error": "trl is not installed"}\n')
+    lines = tables.table_gpu(tables.Experiment(tmp_path)).splitlines()[2:]
+    assert len(lines) == 4  # the error line is left out
+    assert lines[0].startswith("| h200-x.jsonl | 135m | aware | mixed |") and "| 4.00× |" in lines[0]
+    assert "| 1.00× |" in lines[1] and "TRL GRPOTrainer" in lines[1]
+    assert all("×" not in line for line in lines[2:])  # no TRL row at bf16 / at 1.7b: no ratio
