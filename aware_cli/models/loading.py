@@ -15,6 +15,7 @@ import torch
 
 from ..config.schema import ModelConfig
 from ..errors import ModelError
+from .allocator import tune_cpu_allocator
 from .embedded import embedded_model_dir, embedded_tokenizer_dir, load_gguf
 from .lineage import TrainedSource
 
@@ -26,7 +27,15 @@ _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; otherwise cpu, cuda, cuda:N (or mps)."""
+    """`auto` is cuda when available, else cpu; otherwise cpu, cuda, cuda:N (or mps). Work on the CPU gets
+    the allocator settings of `allocator.tune_cpu_allocator` (once per process)."""
+    device = _resolve_device(name)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    return device
+
+
+def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
