@@ -340,6 +340,23 @@ def table_gpu(exp: Experiment) -> str:
                    "sample s", "update s"], rows)
 
 
+def table_gpu_matched(exp: Experiment) -> str:
+    """The README's summary of `table_gpu`: aware rows that have a TRL row at the same shape and precision."""
+    rows = []
+    for path in sorted(exp.dir.glob("h200-*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        trl = {(r["model_size"], r.get("precision")): r for r in lines if r.get("impl") == "trl" and "error" not in r}
+        for r in lines:
+            same = trl.get((r.get("model_size"), r.get("precision"))) if r.get("impl") == "aware" else None
+            if same and r.get("precision"):
+                rows.append([r["model_size"], r["precision"], "on" if r.get("gradient_checkpointing") else "off",
+                             f"{same['median_step_s']:.2f} s", f"**{r['median_step_s']:.2f} s**",
+                             f"{same['median_step_s'] / r['median_step_s']:.2f}×",
+                             f"{same['peak_gpu_mem_gib']:.1f} / {r['peak_gpu_mem_gib']:.1f} GiB", path.name])
+    return _table(["shape", "precision (both)", "aware grad. checkpointing", "TRL GRPOTrainer", "aware", "speed-up",
+                   "peak GPU memory (TRL / aware)", "raw JSON (docs/bench/)"], rows)
+
+
 def table_first_rows(exp: Experiment, count: int = 40) -> str:
     """Held-out AdvBench compliance on the first `count` evaluated rows in file order (what `limit=40` took
     before evaluation sampled rows) next to every evaluated row: like-for-like with results of that time."""
@@ -370,7 +387,7 @@ def table_setup(exp: Experiment) -> str:
 
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "gpu": table_gpu,
+          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
           "first_rows": table_first_rows, "task_refusals": table_task_refusals}
 
 

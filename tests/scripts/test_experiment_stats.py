@@ -106,3 +106,14 @@ def test_gpu_table_compares_only_rows_of_one_shape_and_precision(tmp_path):
     assert lines[0].startswith("| h200-x.jsonl | 135m | aware | mixed |") and "| 4.00× |" in lines[0]
     assert "| 1.00× |" in lines[1] and "TRL GRPOTrainer" in lines[1]
     assert all("×" not in line for line in lines[2:])  # no TRL row at bf16 / at 1.7b: no ratio
+
+
+def test_readme_gpu_summary_keeps_only_matched_rows(tmp_path):
+    rows = [{"impl": "aware", "model_size": "135m", "precision": "mixed", "median_step_s": 1.0, "peak_gpu_mem_gib": 6.0,
+             "gradient_checkpointing": False},
+            {"impl": "trl", "model_size": "135m", "precision": "mixed", "median_step_s": 4.0, "peak_gpu_mem_gib": 2.5},
+            {"impl": "aware", "model_size": "1.7b", "median_step_s": 0.9, "peak_gpu_mem_gib": 22.0},  # no precision
+            {"impl": "trl", "model_size": "1.7b", "precision": "mixed", "median_step_s": 5.0, "peak_gpu_mem_gib": 26.0}]
+    (tmp_path / "h200-y.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = tables.table_gpu_matched(tables.Experiment(tmp_path)).splitlines()[2:]
+    assert lines == ["| 135m | mixed | off | 4.00 s | **1.00 s** | 4.00× | 2.5 / 6.0 GiB | h200-y.jsonl |"]
