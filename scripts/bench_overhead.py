@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -88,6 +89,7 @@ def main() -> int:
     import torch
 
     from aware_cli.cli import _quiet_libraries
+    from aware_cli.models.allocator import tune_cpu_allocator
 
     _quiet_libraries()
     ks = args.k or [4]
@@ -105,10 +107,12 @@ def main() -> int:
         "ratio": arms[main_k]["median_step_s"] / sft["median_step_s"],
         "ratio_by_k": {str(k): arm["median_step_s"] / sft["median_step_s"] for k, arm in arms.items()},
         "sft": sft, "aware": {str(k): arm for k, arm in arms.items()}, "overrides": common,
-        "command": "python scripts/bench_overhead.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
+        "command": ("AWARE_MALLOC_TUNING=0 " if os.environ.get("AWARE_MALLOC_TUNING") == "0" else "")
+                   + "python scripts/bench_overhead.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine(),
-                        "processor": platform.processor() or "unknown"},
+                        "processor": platform.processor() or "unknown",
+                        "malloc_tuning": tune_cpu_allocator()},  # models/allocator.py, in effect for both arms
         "wall_s": time.perf_counter() - started,
     }
     line = json.dumps(result)
