@@ -72,7 +72,7 @@ def build_policy(cfg: AwareConfig, model, tokenizer, examples: List[Example], de
     verifier = build_verifier(cfg.verifier, device)  # on the policy's device unless verifier.device says
     if cfg.gate.refusal_source == "verifier" and verifier.refusal_writer() is None:
         raise ConfigError(f"gate.refusal_source=verifier: verifier '{cfg.verifier.name}' cannot write "
-                          f"refusals (guard_lm and http_judge can); use gate.refusal_source=template")
+                          f"refusals (harm, guard_lm and http_judge can); use gate.refusal_source=template")
     policy = Policy(cfg=cfg, model=model, tokenizer=tokenizer, verifier=verifier,
                     optimizer=optimizer, scheduler=scheduler, params=params, device=device,
                     prompt_ids=prompt_ids, target_ids=target_ids, refusal_ids=refusal_ids, rejected_ids=rejected_ids,

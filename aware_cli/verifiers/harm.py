@@ -12,17 +12,52 @@ For each (prompt, response):
 So a harmful request is aligned when refused, a benign one when answered; w = 0 stops penalising
 refusals of benign requests (score 1 whenever p_h = 0). Prompts and responses are each embedded once
 per batch (the k samples of a prompt share its embedding).
+
+With `gate.refusal_source=verifier` it also writes each abstained input's refusal target, naming the harmful act
+the request is closest to (harm_acts.json: MiniLM cosine similarity to each act's descriptions) with a short
+reason, so a refusal is tied to what was asked rather than one template for every request.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from aware_cli.config.schema import VerifierConfig
 from aware_cli.data.loaders import CURATED_LABEL
 from aware_cli.verifiers.base import Verifier, register_block, register_verifier
 from aware_cli.verifiers.fingerprint import block_payload, path_fingerprint
 from aware_cli.verifiers.heads import SHIPPED_HEADS, RefusalModel
+
+
+HARM_ACTS = Path(__file__).with_name("harm_acts.json")
+
+
+@lru_cache(maxsize=1)
+def harm_acts() -> Dict[str, Any]:
+    """The shipped table of harmful acts (harm_acts.json) the harm verifier's refusals name."""
+    return json.loads(HARM_ACTS.read_text(encoding="utf-8"))
+
+
+def write_harm_refusals(model: RefusalModel, prompts: Sequence[str], batch_size: int = 64) -> List[str]:
+    """One refusal per prompt naming the harmful act its request is most similar to (cosine of MiniLM embeddings,
+    the best of each act's descriptions); below the table's `min_similarity` the generic fallback."""
+    if not prompts:
+        return []
+    table = harm_acts()
+    acts = table["acts"]
+    descriptions = [d for act in acts for d in act["descriptions"]]
+    owner = [i for i, act in enumerate(acts) for _ in act["descriptions"]]
+    similarity = model.embed(list(prompts), batch_size) @ model.embed(descriptions, batch_size).T
+    best, where = similarity.max(dim=1)
+    out = []
+    for value, column in zip(best.tolist(), where.tolist()):
+        act = acts[owner[column]]
+        out.append(table["template"].format(act=act["act"], reason=act["reason"])
+                   if value >= table["min_similarity"] else table["fallback"])
+    return out
 
 
 def refusal_model(cfg: VerifierConfig) -> RefusalModel:
@@ -70,6 +105,11 @@ def build_harm_verifier(cfg: VerifierConfig) -> Verifier:
         p_refuse = model.p_refuse(completions, batch_size=batch)
         return harm_scores(p_h, p_refuse, weight)
 
+    def write_refusals(prompts: Sequence[str]) -> List[Optional[str]]:
+        """Refusal targets naming the harm (gate.refusal_source=verifier)."""
+        return list(write_harm_refusals(model, prompts, batch))
+
+    score.write_refusals = write_refusals
     verifier = Verifier(score, name="harm", batch_size=cfg.batch_size, cache=cfg.cache)
     verifier.refusal_model = model  # for inspection (tests, `aware verify`)
     return verifier
