@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -311,48 +311,47 @@ def table_overhead(exp: Experiment) -> str:
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
 
-def table_gpu(exp: Experiment) -> str:
-    """aware vs TRL GRPOTrainer on a GPU: every docs/bench/h200-*.jsonl (scripts/bench_step.py lines)."""
-    rows = []
+def gpu_rows(exp: Experiment) -> Iterator[Tuple[str, dict, Optional[dict]]]:
+    """(file name, row, TRL partner) for every finished row of docs/bench/h200-*.jsonl (scripts/bench_step.py
+    lines); the partner is the TRL row of the same file, shape and precision, or None."""
     for path in sorted(exp.dir.glob("h200-*.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        lines = [r for r in lines if "error" not in r]
         for r in lines:  # the first file predates --precision: aware trained in bf16, TRL in mixed
             r.setdefault("precision", "bf16" if r["impl"] == "aware" else "mixed")
-        trl = {(r["model_size"], r["precision"]): r for r in lines if r["impl"] == "trl" and "error" not in r}
+        trl = {(r["model_size"], r["precision"]): r for r in lines if r["impl"] == "trl"}
         for r in lines:
-            if "error" in r:
-                continue
-            same = trl.get((r["model_size"], r["precision"]))
-            ratio = f"{same['median_step_s'] / r['median_step_s']:.2f}×" if same else "–"
-            stages = r.get("stages_s") or {}
-            ckpt = r.get("gradient_checkpointing")
-            variant = ", ".join((["eager decoding"] if r.get("cuda_graphs") is False else [])
-                                + ([f"logprob_batch={r['logprob_batch']}"] if r.get("logprob_batch", 16) != 16 else [])
-                                + ([f"{r['steps']} timed steps"] if r["steps"] != 8 else [])) or "–"
-            rows.append([path.name, r["model_size"], "TRL GRPOTrainer" if r["impl"] == "trl" else "aware",
-                         r["precision"], "on (TRL default)" if r["impl"] == "trl" else ("on" if ckpt else "off"), variant,
-                         f"{r['median_step_s']:.3f}", ratio if r["impl"] == "aware" else "1.00×",
-                         f"{r['completion_tokens_per_s']:.0f}", f"{r['peak_gpu_mem_gib']:.2f}",
-                         f"{stages['timing_s/sample']:.3f}" if stages else "–",
-                         f"{stages['timing_s/update']:.3f}" if stages else "–"])
+            yield path.name, r, trl.get((r["model_size"], r["precision"]))
+
+
+def table_gpu(exp: Experiment) -> str:
+    """aware vs TRL GRPOTrainer on a GPU: every row of `gpu_rows`."""
+    rows = []
+    for name, r, same in gpu_rows(exp):
+        ratio = f"{same['median_step_s'] / r['median_step_s']:.2f}×" if same else "–"
+        stages = r.get("stages_s") or {}
+        ckpt = r.get("gradient_checkpointing")
+        variant = ", ".join((["eager decoding"] if r.get("cuda_graphs") is False else [])
+                            + ([f"logprob_batch={r['logprob_batch']}"] if r.get("logprob_batch", 16) != 16 else [])
+                            + ([f"{r['steps']} timed steps"] if r["steps"] != 8 else [])) or "–"
+        rows.append([name, r["model_size"], "TRL GRPOTrainer" if r["impl"] == "trl" else "aware",
+                     r["precision"], "on (TRL default)" if r["impl"] == "trl" else ("on" if ckpt else "off"), variant,
+                     f"{r['median_step_s']:.3f}", ratio if r["impl"] == "aware" else "1.00×",
+                     f"{r['completion_tokens_per_s']:.0f}", f"{r['peak_gpu_mem_gib']:.2f}",
+                     f"{stages['timing_s/sample']:.3f}" if stages else "–",
+                     f"{stages['timing_s/update']:.3f}" if stages else "–"])
     return _table(["file", "shape", "implementation", "precision", "grad. checkpointing", "variant", "median step s",
                    "TRL step / aware step (same shape, precision, file)", "completion tokens/s", "peak GPU GiB",
                    "sample s", "update s"], rows)
 
 
 def table_gpu_matched(exp: Experiment) -> str:
-    """The README's summary of `table_gpu`: aware rows that have a TRL row at the same shape and precision."""
-    rows = []
-    for path in sorted(exp.dir.glob("h200-*.jsonl")):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-        trl = {(r["model_size"], r.get("precision")): r for r in lines if r.get("impl") == "trl" and "error" not in r}
-        for r in lines:
-            same = trl.get((r.get("model_size"), r.get("precision"))) if r.get("impl") == "aware" else None
-            if same and r.get("precision"):
-                rows.append([r["model_size"], r["precision"], "on" if r.get("gradient_checkpointing") else "off",
-                             f"{same['median_step_s']:.2f} s", f"**{r['median_step_s']:.2f} s**",
-                             f"{same['median_step_s'] / r['median_step_s']:.2f}×",
-                             f"{same['peak_gpu_mem_gib']:.1f} / {r['peak_gpu_mem_gib']:.1f} GiB", path.name])
+    """The README's summary of `table_gpu`: aware rows that have a TRL partner."""
+    rows = [[r["model_size"], r["precision"], "on" if r.get("gradient_checkpointing") else "off",
+             f"{same['median_step_s']:.2f} s", f"**{r['median_step_s']:.2f} s**",
+             f"{same['median_step_s'] / r['median_step_s']:.2f}×",
+             f"{same['peak_gpu_mem_gib']:.1f} / {r['peak_gpu_mem_gib']:.1f} GiB", name]
+            for name, r, same in gpu_rows(exp) if r["impl"] == "aware" and same]
     return _table(["shape", "precision (both)", "aware grad. checkpointing", "TRL GRPOTrainer", "aware", "speed-up",
                    "peak GPU memory (TRL / aware)", "raw JSON (docs/bench/)"], rows)
 
