@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """aware's cost over plain SFT: one run, same data, batch and model; prints one JSON line.
 
-    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~5 min on 2 cores
+    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~8 min on 2 cores
     python scripts/bench_overhead.py --k 2 --k 8             # also k = 2 and 8 (one aware arm per k)
     python scripts/bench_overhead.py --out docs/bench/overhead-cpu.json
     python scripts/bench_overhead.py --model tiny --steps 3  # seconds, a smoke check
@@ -9,8 +9,10 @@
 Both arms train `recipe=alpaca_harmful_mix` (its gate, the harm verifier, LoRA) for --steps steps from the
 same start with the same batches (same seed): the SFT arm with `objective=sft` (no sampling), the aware arm
 with `objective=aware` and k samples per prompt. The step time is the sum of the stage timings the trainer
-logs (sample, verify, gate, update); the median skips the first step (lazy loads, allocator warm-up).
-`ratio` = median aware step / median SFT step. Where aware's time goes: the median of each stage, the
+logs (sample, verify, gate, update); the median skips each run's first step (lazy loads, allocator warm-up).
+The arms alternate for --rounds rounds (SFT, aware, SFT, aware, ...) and each arm's median pools its timed steps
+of every round, so a slow spell of a shared machine falls on both arms rather than on one of them.
+`ratio` = median aware step / median SFT step (`ratio_by_round`: the same per round, to show the spread). Where aware's time goes: the median of each stage, the
 tokens generated, and the tokens forwarded in the update (targets and the samples whose loss weight is
 not negligible: gate.min_weight).
 """
@@ -47,20 +49,26 @@ def step_seconds(row: Dict[str, Any]) -> float:
     return sum(row.get(f"timing_s/{stage}", 0.0) for stage in STAGES)
 
 
-def median(rows: List[Dict[str, Any]], value) -> float:
-    timed = rows[1:] or rows  # the first step pays one-off costs
-    return statistics.median(value(r) for r in timed)
+def timed(runs: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """The steps of every run but each run's first (it pays one-off costs)."""
+    return [r for rows in runs for r in (rows[1:] or rows)]
 
 
-def summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+def median(runs: List[List[Dict[str, Any]]], value) -> float:
+    return statistics.median(value(r) for r in timed(runs))
+
+
+def summary(runs: List[List[Dict[str, Any]]]) -> Dict[str, Any]:
+    rows = [r for run in runs for r in run]
     return {
-        "median_step_s": median(rows, step_seconds),
-        "stages_median_s": {stage: median(rows, lambda r, s=stage: r.get(f"timing_s/{s}", 0.0)) for stage in STAGES},
-        "generated_tokens_median": median(rows, lambda r: r.get("generated", 0)),
-        "forwarded_tokens_median": median(rows, lambda r: r.get("tokens_forwarded", 0)),
-        "sequences_forwarded_median": median(rows, lambda r: r.get("sequences_forwarded", 0)),
+        "median_step_s": median(runs, step_seconds),
+        "median_step_s_by_round": [median([run], step_seconds) for run in runs],
+        "stages_median_s": {stage: median(runs, lambda r, s=stage: r.get(f"timing_s/{s}", 0.0)) for stage in STAGES},
+        "generated_tokens_median": median(runs, lambda r: r.get("generated", 0)),
+        "forwarded_tokens_median": median(runs, lambda r: r.get("tokens_forwarded", 0)),
+        "sequences_forwarded_median": median(runs, lambda r: r.get("sequences_forwarded", 0)),
         "regimes": {key: sum(r[key] for r in rows) / len(rows) for key in ("frac_sft", "frac_pg", "frac_abstain")},
-        "step_s": [round(step_seconds(r), 3) for r in rows],
+        "step_s": [[round(step_seconds(r), 3) for r in run] for run in runs],
     }
 
 
@@ -77,7 +85,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="alpaca_harmful_mix")
     parser.add_argument("--model", default="smollm2", help="model config group: smollm2 (embedded) or tiny")
-    parser.add_argument("--steps", type=int, default=10, help="steps per arm (the first is not timed)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per arm and round (the first is not timed)")
+    parser.add_argument("--rounds", type=int, default=2, help="times the arms alternate (SFT, aware, SFT, ...)")
     parser.add_argument("--batch", type=int, default=8, help="prompts per step (both arms)")
     parser.add_argument("--k", type=int, action="append", default=None, help="samples per prompt (repeatable; default 4)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -96,15 +105,23 @@ def main() -> int:
     common = [f"model={args.model}", f"trainer.max_steps={args.steps}", f"trainer.batch_size={args.batch}",
               "trainer.save_every=0", "eval.every=0", "eval.max_prompts=0", *args.set]
     started = time.perf_counter()
+    runs: Dict[str, List[List[Dict[str, Any]]]] = {"sft": [], **{f"k{k}": [] for k in ks}}
     with tempfile.TemporaryDirectory(prefix="aware-bench-") as tmp:
-        sft = summary(run_arm(Path(tmp) / "sft", args.recipe, common + ["objective=sft"]))
-        arms = {k: summary(run_arm(Path(tmp) / f"aware-k{k}", args.recipe, common + ["objective=aware", f"k={k}"]))
-                for k in ks}
+        for round_ in range(max(1, args.rounds)):
+            runs["sft"].append(run_arm(Path(tmp) / f"sft-{round_}", args.recipe, common + ["objective=sft"]))
+            for k in ks:
+                runs[f"k{k}"].append(run_arm(Path(tmp) / f"aware-k{k}-{round_}", args.recipe,
+                                             common + ["objective=aware", f"k={k}"]))
+    sft = summary(runs["sft"])
+    arms = {k: summary(runs[f"k{k}"]) for k in ks}
     main_k = ks[0]
     result = {
         "bench": "overhead", "recipe": args.recipe, "model": args.model, "batch": args.batch, "steps": args.steps,
+        "rounds": max(1, args.rounds),
         "k": main_k, "sft_step_s": sft["median_step_s"], "aware_step_s": arms[main_k]["median_step_s"],
         "ratio": arms[main_k]["median_step_s"] / sft["median_step_s"],
+        "ratio_by_round": [a / s for a, s in zip(arms[main_k]["median_step_s_by_round"],
+                                                 sft["median_step_s_by_round"])],
         "ratio_by_k": {str(k): arm["median_step_s"] / sft["median_step_s"] for k, arm in arms.items()},
         "sft": sft, "aware": {str(k): arm for k, arm in arms.items()}, "overrides": common,
         "command": ("AWARE_MALLOC_TUNING=0 " if os.environ.get("AWARE_MALLOC_TUNING") == "0" else "")

@@ -304,9 +304,13 @@ def table_overhead(exp: Experiment) -> str:
             rows.append([threads, "aware", k, f"{arm['median_step_s']:.2f}", f"**{data['ratio_by_k'][k]:.2f}**",
                          f"{st['sample']:.2f}", f"{st['verify']:.2f}", f"{st['update']:.2f}",
                          f"{arm['forwarded_tokens_median']:.0f}"])
+        rounds = data.get("rounds", 1)  # files before --rounds: one run per arm
+        timed = (f"{data['steps']} steps per arm (median of steps 2–{data['steps']})" if rounds == 1 else
+                 f"{rounds} alternating rounds of {data['steps']} steps per arm (median of steps 2–{data['steps']} "
+                 f"of every round; ratio by round " + ", ".join(f"{r:.2f}" for r in data["ratio_by_round"]) + ")")
         notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
-                     f"{data['model']}, batch {data['batch']}, {data['steps']} steps per arm (median of steps "
-                     f"2–{data['steps']}), torch {env['torch']}, {env['threads']} torch thread(s).")
+                     f"{data['model']}, batch {data['batch']}, {timed}, torch {env['torch']}, "
+                     f"{env['threads']} torch thread(s).")
     return _table(["commit, torch threads, --set", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 
