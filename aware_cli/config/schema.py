@@ -320,7 +320,7 @@ class GateConfig:
     refusals: List[str] = field(doc="Refusal targets y_ref (one chosen per input, seeded).",
                                 factory=lambda: list(DEFAULT_REFUSALS))
     refusal_source: str = field("template", "template (gate.refusals) or verifier (a verifier that can write "
-                                "refusals, e.g. guard_lm or http_judge, writes y_ref).", choices=["template", "verifier"])
+                                "refusals, e.g. harm (naming the act), guard_lm or http_judge, writes y_ref).", choices=["template", "verifier"])
     epsilon: float = field(1e-4, "ε in A_i = (r_i − μ)/(σ + ε).", gt=0.0)
     pg_threshold: float = field(0.5, "β above which an input is counted in the `pg` regime (soft gate).",
                                 ge=0.0, le=1.0)
