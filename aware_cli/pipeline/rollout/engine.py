@@ -5,8 +5,6 @@ Compared with `model.generate` on the B×k repeated prompts it
 - computes logits only for the last position (`logits_to_keep=1`);
 - drops finished sequences from the decode batch (and their KV rows), so a step costs only
   the sequences still running;
-- writes each step's keys/values into room reserved once after the prefill (`reserve_kv`), instead of
-  concatenating the whole cache afresh every step;
 - samples with temperature / top-p on the model's device from its own seeded generator, so
   sampling does not touch (or depend on) the global RNG; with `row_seeds` (training), each prompt's
   draws come from its own seed (`row_uniforms`), so a prompt's k samples do not depend on the other
@@ -25,7 +23,6 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 
 from torch.distributed.fsdp import FSDPModule
-from transformers.cache_utils import DynamicLayer
 
 from aware_cli.models.logprobs import pack_left, position_ids
 from aware_cli.pipeline.rollout.sampler import draws, sample_next
@@ -135,48 +132,6 @@ def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: i
                                row_seeds=row_seeds)
 
 
-class ReservedLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values are views into buffers with room for `room` more positions: `update`
-    writes in place (one copy of the new position, not of the whole cache); it grows the buffers only if the
-    room runs out. Everything else (masks, lengths, row selection) sees the usual `keys`/`values` tensors."""
-
-    def reserve(self, room: int) -> None:
-        self._buffers = [self._grown(t, room) for t in (self.keys, self.values)]
-        self._view(self.keys.shape[-2])
-
-    @staticmethod
-    def _grown(t: torch.Tensor, room: int) -> torch.Tensor:
-        buffer = t.new_empty((*t.shape[:-2], t.shape[-2] + room, t.shape[-1]))
-        buffer[..., :t.shape[-2], :] = t
-        return buffer
-
-    def _view(self, length: int) -> None:
-        self.keys, self.values = (b[..., :length, :] for b in self._buffers)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        start, new = self.keys.shape[-2], key_states.shape[-2]
-        if start + new > self._buffers[0].shape[-2]:
-            self._buffers = [self._grown(t, max(new, t.shape[-2])) for t in (self.keys, self.values)]
-        self._buffers[0][..., start:start + new, :] = key_states
-        self._buffers[1][..., start:start + new, :] = value_states
-        self._view(start + new)
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        length = self.keys.shape[-2]
-        self._buffers = [b.index_select(0, indices) for b in self._buffers]
-        self._view(length)
-
-
-def reserve_kv(cache, room: int) -> None:
-    """Turn a prefilled cache's plain DynamicLayers into ReservedLayers with `room` free positions (other layer
-    kinds, e.g. sliding-window ones, are left as they are)."""
-    for layer in getattr(cache, "layers", []):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
-            layer.__class__ = ReservedLayer
-            layer.reserve(room)
-
-
 def _static_ok(model) -> bool:
     if getattr(model, "_aware_static_failed", None) or isinstance(model, FSDPModule):
         return False  # fsdp2: its hooks synchronise streams, which a graph capture cannot hold
@@ -197,7 +152,6 @@ def _generate_k_dynamic(model, prompts: Sequence[List[int]], k: int, *, max_new_
     cache = out[cache_key]
     if k > 1:
         cache.batch_repeat_interleave(k)
-    reserve_kv(cache, max_new_tokens)
     logits = out.logits[:, -1, :].repeat_interleave(k, dim=0)
     attn = attn.repeat_interleave(k, dim=0)
     next_position = positions[:, -1:].repeat_interleave(k, dim=0) + 1

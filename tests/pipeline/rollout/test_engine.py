@@ -53,49 +53,6 @@ def test_rows_stop_at_eos_and_leave_the_batch(tiny):
             assert ended == full  # rows still running after others left the batch are unchanged
 
 
-@pytest.mark.parametrize("room", [1, 3])
-def test_reserved_kv_gives_the_same_samples_and_grows_when_the_room_runs_out(tiny, monkeypatch, room):
-    """The engine writes decode steps into reserved KV room; with too little room it grows, and the samples
-    (rows leaving the batch included) are exactly those of the plain concatenating cache."""
-    from aware_cli.pipeline.rollout import engine
-
-    model, tok = tiny
-    args = dict(max_new_tokens=10, eos_ids=eos_token_ids(model, tok) + [PROMPTS[0][0]], pad_id=tok.pad_token_id,
-                device=CPU, seed=3)
-    reserved = generate_k(model, PROMPTS, 3, **args)
-    reserve = engine.reserve_kv
-    monkeypatch.setattr(engine, "reserve_kv", lambda cache, _room: reserve(cache, room))
-    assert generate_k(model, PROMPTS, 3, **args) == reserved
-    monkeypatch.setattr(engine, "reserve_kv", lambda cache, _room: None)
-    assert generate_k(model, PROMPTS, 3, **args) == reserved
-
-
-def test_reserved_layer_writes_in_place_and_selects_rows():
-    from transformers.cache_utils import DynamicLayer
-
-    from aware_cli.pipeline.rollout.engine import ReservedLayer, reserve_kv
-
-    class Cache:
-        layers = [DynamicLayer()]
-
-    cache = Cache()
-    layer = cache.layers[0]
-    layer.update(torch.randn(4, 2, 5, 3), torch.randn(4, 2, 5, 3))
-    plain = (layer.keys.clone(), layer.values.clone())
-    reserve_kv(cache, 2)
-    assert type(layer) is ReservedLayer and torch.equal(layer.keys, plain[0]) and layer.get_seq_length() == 5
-    step = torch.randn(4, 2, 1, 3)
-    buffer = layer._buffers[0].data_ptr()
-    keys, values = layer.update(step, step)
-    assert keys.shape == (4, 2, 6, 3) and torch.equal(keys[..., 5:, :], step)
-    assert layer._buffers[0].data_ptr() == buffer  # written into the room, no new allocation
-    layer.batch_select_indices(torch.tensor([0, 2]))
-    assert torch.equal(layer.keys[..., :5, :], plain[0][[0, 2]]) and layer.get_seq_length() == 6
-    for _ in range(3):  # past the room: the buffers grow
-        layer.update(step[:2], step[:2])
-    assert layer.keys.shape == (2, 2, 9, 3) and torch.equal(layer.values[..., :5, :], plain[1][[0, 2]])
-
-
 def test_sample_next_temperature_and_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2000)
     g = torch.Generator().manual_seed(0)
