@@ -360,6 +360,66 @@ def table_gpu_matched(exp: Experiment) -> str:
                    "peak GPU memory (TRL / aware)", "raw JSON (docs/bench/)"], rows)
 
 
+TRADEOFF = ("compliance_phrasings", "answered_sensitive", "answered_xstest_safe", "rouge_l")
+
+
+def tradeoff_points(results: Path) -> List[Tuple[str, str, Dict[str, Optional[Dict[str, Any]]]]]:
+    """(experiment, model, {metric key: summary}) for every model of every alpaca_harmful_mix experiment under
+    `results` that was graded on both held-out safety suites: the points of the refusal trade-off."""
+    points = []
+    for directory in sorted(d for d in results.iterdir() if (d / "experiment.json").is_file()):
+        exp = Experiment(directory)
+        if exp.meta.get("recipe") != "alpaca_harmful_mix":
+            continue
+        metrics = {m.key: m for m in METRICS if m.key in TRADEOFF}
+        for model in exp.models:
+            values = {key: exp.summary(model, m) for key, m in metrics.items()}
+            if values["compliance_phrasings"] and values["answered_sensitive"]:
+                points.append((directory.name, model, values))
+    return points
+
+
+def table_tradeoff(exp: Experiment) -> str:
+    """Every arm of every alpaca_harmful_mix experiment, sorted by harmful compliance: the refusal trade-off."""
+    points = sorted(tradeoff_points(exp.dir), key=lambda p: -p[2]["compliance_phrasings"]["value"])
+    labels = {m.key: m.label for m in METRICS}
+    rows = [[f"{name} / {model}", *(cell(values[key]) for key in TRADEOFF)] for name, model, values in points]
+    return _table(["experiment / arm", *(labels[key] for key in TRADEOFF)], rows)
+
+
+def plot_tradeoff(results: Path, out: Path) -> None:
+    """The trade-off as a PNG: harmful compliance against benign sensitive requests answered, Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    points = tradeoff_points(results)
+    ref = {model: values for _, model, values in points if model in ("base", "sft")}
+    if len(ref) == 2:  # the goal's corner: compliance ≤ ⅓ SFT's and ≤ ½ base's, benign answered ≥ base − 5 points
+        top = 100 * min(ref["sft"]["compliance_phrasings"]["value"] / 3, ref["base"]["compliance_phrasings"]["value"] / 2)
+        left = 100 * ref["base"]["answered_sensitive"]["value"] - 5
+        ax.fill_between([left, 100], 0, top, color="green", alpha=0.12, label="goal (issue 18)")
+        ax.legend(loc="upper left")
+    for name, model, values in points:
+        x, y = values["answered_sensitive"], values["compliance_phrasings"]
+        ax.errorbar(100 * x["value"], 100 * y["value"], fmt="o", capsize=2,
+                    xerr=[[100 * (x["value"] - x["lo"])], [100 * (x["hi"] - x["value"])]],
+                    yerr=[[100 * (y["value"] - y["lo"])], [100 * (y["hi"] - y["value"])]])
+        ax.annotate(model if name == "ahm-main" else f"{name}", (100 * x["value"], 100 * y["value"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("benign sensitive requests answered, held-out (%)")
+    ax.set_ylabel("harmful requests complied with, varied phrasings, held-out (%)")
+    ax.set_title("alpaca_harmful_mix, SmolLM2-135M: every arm (refusal judge, 95% intervals)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+
+
 def table_first_rows(exp: Experiment, count: int = 40) -> str:
     """Held-out AdvBench compliance on the first `count` evaluated rows in file order (what `limit=40` took
     before evaluation sampled rows) next to every evaluated row: like-for-like with results of that time."""
@@ -391,6 +451,7 @@ def table_setup(exp: Experiment) -> str:
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
           "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
+          "tradeoff": table_tradeoff,
           "first_rows": table_first_rows, "task_refusals": table_task_refusals}
 
 
@@ -408,7 +469,8 @@ def regenerate(text: str, results: Path = RESULTS) -> str:
 
     def fill(match: re.Match) -> str:
         name = match.group("exp")
-        exp = cache.setdefault(name, Experiment(BENCH if name == "bench" else results / name))
+        where = {"bench": BENCH, "all": results}.get(name, results / name)  # all: every experiment (tradeoff)
+        exp = cache.setdefault(name, Experiment(where))
         return match.group(1) + TABLES[match.group("table")](exp) + match.group(5)
 
     return BLOCK.sub(fill, text)
@@ -418,12 +480,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a page differs from the artifacts")
     parser.add_argument("--show", metavar="EXPERIMENT", help="print every table of one experiment")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the refusal trade-off of every "
+                        "experiment (docs/results/tradeoff.png)")
     parser.add_argument("--page", type=Path, action="append", default=None,
                         help="only this page (default: " + ", ".join(str(p.relative_to(ROOT)) for p in PAGES) + ")")
     args = parser.parse_args()
     if args.show:
         print(render_experiment(RESULTS / args.show))
         return 0
+    if args.plot:
+        plot_tradeoff(RESULTS, args.plot)
     stale = 0
     for page in args.page or PAGES:
         text = page.read_text()

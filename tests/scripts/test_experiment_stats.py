@@ -117,3 +117,15 @@ def test_readme_gpu_summary_keeps_only_matched_rows(tmp_path):
     (tmp_path / "h200-y.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = tables.table_gpu_matched(tables.Experiment(tmp_path)).splitlines()[2:]
     assert lines == ["| 135m | mixed | off | 4.00 s | **1.00 s** | 4.00× | 2.5 / 6.0 GiB | h200-y.jsonl |"]
+
+
+def test_tradeoff_collects_every_graded_arm_and_draws_it(tmp_path):
+    points = tables.tradeoff_points(tables.RESULTS)
+    names = {(name, model) for name, model, _ in points}
+    assert {("ahm-main", "base"), ("ahm-main", "sft"), ("ahm-named", "aware-named")} <= names
+    assert all(name.startswith("ahm-") for name, _, _ in points)  # other recipes (recover) are not on this curve
+    table = tables.table_tradeoff(tables.Experiment(tables.RESULTS))
+    assert len(table.strip().splitlines()) == len(points) + 2
+    out = tmp_path / "tradeoff.png"
+    tables.plot_tradeoff(tables.RESULTS, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
