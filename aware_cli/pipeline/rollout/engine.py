@@ -5,6 +5,8 @@ Compared with `model.generate` on the B×k repeated prompts it
 - computes logits only for the last position (`logits_to_keep=1`);
 - drops finished sequences from the decode batch (and their KV rows), so a step costs only
   the sequences still running;
+- on the CPU, computes a decode step's attention with two small matmuls (`attention.py`) instead of the
+  SDPA kernel, which is slow for one query per row;
 - samples with temperature / top-p on the model's device from its own seeded generator, so
   sampling does not touch (or depend on) the global RNG; with `row_seeds` (training), each prompt's
   draws come from its own seed (`row_uniforms`), so a prompt's k samples do not depend on the other
@@ -25,6 +27,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 from aware_cli.models.logprobs import pack_left, position_ids
+from aware_cli.pipeline.rollout.attention import cpu_decode_attention
 from aware_cli.pipeline.rollout.sampler import draws, sample_next
 from aware_cli.pipeline.rollout.static_decode import generate_k_static, supports_static
 
@@ -127,9 +130,10 @@ def generate_k(model, prompts: Sequence[List[int]], k: int, *, max_new_tokens: i
             model._aware_static_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(f"sampling: CUDA-graph decoding failed ({model._aware_static_failed}); "
                           f"using the dynamic engine for this model", RuntimeWarning)
-    return _generate_k_dynamic(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                               device=device, temperature=temperature, top_p=top_p, seed=seed,
-                               row_seeds=row_seeds)
+    with cpu_decode_attention(model, device):
+        return _generate_k_dynamic(model, prompts, k, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                                   device=device, temperature=temperature, top_p=top_p, seed=seed,
+                                   row_seeds=row_seeds)
 
 
 def _static_ok(model) -> bool:
