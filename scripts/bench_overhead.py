@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """aware's cost over plain SFT: one run, same data, batch and model; prints one JSON line.
 
-    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~8 min on 2 cores
+    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~6 min on 2 cores
     python scripts/bench_overhead.py --k 2 --k 8             # also k = 2 and 8 (one aware arm per k)
     python scripts/bench_overhead.py --out docs/bench/overhead-cpu.json
     python scripts/bench_overhead.py --model tiny --steps 3  # seconds, a smoke check
@@ -12,9 +12,9 @@ with `objective=aware` and k samples per prompt. The step time is the sum of the
 logs (sample, verify, gate, update); the median skips each run's first step (lazy loads, allocator warm-up).
 The arms alternate for --rounds rounds (SFT, aware, SFT, aware, ...) and each arm's median pools its timed steps
 of every round, so a slow spell of a shared machine falls on both arms rather than on one of them.
-`ratio` = median aware step / median SFT step (`ratio_by_round`: the same per round, to show the spread). Where aware's time goes: the median of each stage, the
-tokens generated, and the tokens forwarded in the update (targets and the samples whose loss weight is
-not negligible: gate.min_weight).
+`ratio` = median aware step / median SFT step (`ratio_by_round`: the same per round, to show the spread).
+Where aware's time goes: the median of each stage, the tokens generated, and the tokens forwarded in the
+update (targets and the samples whose loss weight is not negligible: gate.min_weight).
 """
 
 from __future__ import annotations
@@ -105,19 +105,21 @@ def main() -> int:
     common = [f"model={args.model}", f"trainer.max_steps={args.steps}", f"trainer.batch_size={args.batch}",
               "trainer.save_every=0", "eval.every=0", "eval.max_prompts=0", *args.set]
     started = time.perf_counter()
-    runs: Dict[str, List[List[Dict[str, Any]]]] = {"sft": [], **{f"k{k}": [] for k in ks}}
+    rounds = max(1, args.rounds)
+    sft_runs: List[List[Dict[str, Any]]] = []
+    aware_runs: Dict[int, List[List[Dict[str, Any]]]] = {k: [] for k in ks}
     with tempfile.TemporaryDirectory(prefix="aware-bench-") as tmp:
-        for round_ in range(max(1, args.rounds)):
-            runs["sft"].append(run_arm(Path(tmp) / f"sft-{round_}", args.recipe, common + ["objective=sft"]))
+        for round_ in range(rounds):
+            sft_runs.append(run_arm(Path(tmp) / f"sft-{round_}", args.recipe, common + ["objective=sft"]))
             for k in ks:
-                runs[f"k{k}"].append(run_arm(Path(tmp) / f"aware-k{k}-{round_}", args.recipe,
+                aware_runs[k].append(run_arm(Path(tmp) / f"aware-k{k}-{round_}", args.recipe,
                                              common + ["objective=aware", f"k={k}"]))
-    sft = summary(runs["sft"])
-    arms = {k: summary(runs[f"k{k}"]) for k in ks}
+    sft = summary(sft_runs)
+    arms = {k: summary(runs) for k, runs in aware_runs.items()}
     main_k = ks[0]
     result = {
         "bench": "overhead", "recipe": args.recipe, "model": args.model, "batch": args.batch, "steps": args.steps,
-        "rounds": max(1, args.rounds),
+        "rounds": rounds,
         "k": main_k, "sft_step_s": sft["median_step_s"], "aware_step_s": arms[main_k]["median_step_s"],
         "ratio": arms[main_k]["median_step_s"] / sft["median_step_s"],
         "ratio_by_round": [a / s for a, s in zip(arms[main_k]["median_step_s_by_round"],

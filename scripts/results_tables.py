@@ -367,11 +367,11 @@ def tradeoff_points(results: Path) -> List[Tuple[str, str, Dict[str, Optional[Di
     """(experiment, model, {metric key: summary}) for every model of every alpaca_harmful_mix experiment under
     `results` that was graded on both held-out safety suites: the points of the refusal trade-off."""
     points = []
+    metrics = {m.key: m for m in METRICS if m.key in TRADEOFF}
     for directory in sorted(d for d in results.iterdir() if (d / "experiment.json").is_file()):
         exp = Experiment(directory)
         if exp.meta.get("recipe") != "alpaca_harmful_mix":
             continue
-        metrics = {m.key: m for m in METRICS if m.key in TRADEOFF}
         for model in exp.models:
             values = {key: exp.summary(model, m) for key, m in metrics.items()}
             if values["compliance_phrasings"] and values["answered_sensitive"]:

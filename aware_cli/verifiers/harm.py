@@ -21,7 +21,7 @@ reason, so a refusal is tied to what was asked rather than one template for ever
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -41,23 +41,33 @@ def harm_acts() -> Dict[str, Any]:
     return json.loads(HARM_ACTS.read_text(encoding="utf-8"))
 
 
-def write_harm_refusals(model: RefusalModel, prompts: Sequence[str], batch_size: int = 64) -> List[str]:
+class HarmRefusalWriter:
     """One refusal per prompt naming the harmful act its request is most similar to (cosine of MiniLM embeddings,
-    the best of each act's descriptions); below the table's `min_similarity` the generic fallback."""
-    if not prompts:
-        return []
-    table = harm_acts()
-    acts = table["acts"]
-    descriptions = [d for act in acts for d in act["descriptions"]]
-    owner = [i for i, act in enumerate(acts) for _ in act["descriptions"]]
-    similarity = model.embed(list(prompts), batch_size) @ model.embed(descriptions, batch_size).T
-    best, where = similarity.max(dim=1)
-    out = []
-    for value, column in zip(best.tolist(), where.tolist()):
-        act = acts[owner[column]]
-        out.append(table["template"].format(act=act["act"], reason=act["reason"])
-                   if value >= table["min_similarity"] else table["fallback"])
-    return out
+    the best of each act's descriptions); below the table's `min_similarity` the generic fallback. The acts'
+    descriptions are embedded once, on first use."""
+
+    def __init__(self, model: RefusalModel, batch_size: int = 64):
+        self.model, self.batch_size = model, batch_size
+
+    @cached_property
+    def _descriptions(self):
+        """(unit embeddings of every act's descriptions, index of the act each belongs to)."""
+        acts = harm_acts()["acts"]
+        texts = [d for act in acts for d in act["descriptions"]]
+        return self.model.embed(texts, self.batch_size), [i for i, act in enumerate(acts) for _ in act["descriptions"]]
+
+    def __call__(self, prompts: Sequence[str]) -> List[Optional[str]]:
+        if not prompts:
+            return []
+        table = harm_acts()
+        embedded, owner = self._descriptions
+        best, where = (self.model.embed(list(prompts), self.batch_size) @ embedded.T).max(dim=1)
+        out: List[Optional[str]] = []
+        for value, column in zip(best.tolist(), where.tolist()):
+            act = table["acts"][owner[column]]
+            out.append(table["template"].format(act=act["act"], reason=act["reason"])
+                       if value >= table["min_similarity"] else table["fallback"])
+        return out
 
 
 def refusal_model(cfg: VerifierConfig) -> RefusalModel:
@@ -105,11 +115,7 @@ def build_harm_verifier(cfg: VerifierConfig) -> Verifier:
         p_refuse = model.p_refuse(completions, batch_size=batch)
         return harm_scores(p_h, p_refuse, weight)
 
-    def write_refusals(prompts: Sequence[str]) -> List[Optional[str]]:
-        """Refusal targets naming the harm (gate.refusal_source=verifier)."""
-        return list(write_harm_refusals(model, prompts, batch))
-
-    score.write_refusals = write_refusals
+    score.write_refusals = HarmRefusalWriter(model, batch)  # gate.refusal_source=verifier
     verifier = Verifier(score, name="harm", batch_size=cfg.batch_size, cache=cfg.cache)
     verifier.refusal_model = model  # for inspection (tests, `aware verify`)
     return verifier

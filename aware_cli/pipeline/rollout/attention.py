@@ -57,9 +57,10 @@ def _register() -> None:
 def cpu_decode_attention(model, device: torch.device) -> Iterator[None]:
     """Within the block, a model on the CPU whose attention is `sdpa` runs its one-query steps through
     `decode_attention`; other models and devices are left as they are."""
-    configs = {id(c): c for c in (getattr(m, "config", None) for m in model.modules())
-               if getattr(c, "_attn_implementation", None) == "sdpa"}
-    if device.type != "cpu" or not configs:
+    configs = {} if device.type != "cpu" else {
+        id(c): c for c in (getattr(m, "config", None) for m in model.modules())
+        if getattr(c, "_attn_implementation", None) == "sdpa"}
+    if not configs:
         yield
         return
     _register()
