@@ -99,6 +99,7 @@ def main() -> int:
 
     from aware_cli.cli import _quiet_libraries
     from aware_cli.models.allocator import tune_cpu_allocator
+    from aware_cli.models.loading import cpu_has_fast_bf16
 
     _quiet_libraries()
     ks = args.k or [4]
@@ -131,6 +132,8 @@ def main() -> int:
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine(),
                         "processor": platform.processor() or "unknown",
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "cpu_native_bf16": cpu_has_fast_bf16(),  # what sampling.dtype=auto decides on
                         "malloc_tuning": tune_cpu_allocator()},  # models/allocator.py, in effect for both arms
         "wall_s": time.perf_counter() - started,
     }

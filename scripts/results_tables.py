@@ -296,6 +296,9 @@ def table_overhead(exp: Experiment) -> str:
         data = json.loads(path.read_text())
         env = data["environment"]
         sets = re.findall(r"--set (\S+)", data["command"])
+        # files before 2026-12-01's second run do not record the CPU: they ran on the AVX512-BF16 machine
+        cpu = (f"{env['cpu_capability']}{' + native bf16' if env.get('cpu_native_bf16') else ', no native bf16'}"
+               if "cpu_capability" in env else "AVX512-BF16 (not recorded in the file)")
         threads = f"{data['commit'][:7]}, {env['threads']}" + "".join(f", `{x}`" for x in sets)
         rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
                      f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
@@ -310,7 +313,7 @@ def table_overhead(exp: Experiment) -> str:
                  f"of every round; ratio by round " + ", ".join(f"{r:.2f}" for r in data["ratio_by_round"]) + ")")
         notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
                      f"{data['model']}, batch {data['batch']}, {timed}, torch {env['torch']}, "
-                     f"{env['threads']} torch thread(s).")
+                     f"{env['threads']} torch thread(s), CPU {cpu}.")
     return _table(["commit, torch threads, --set", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
 

@@ -410,9 +410,11 @@ class SamplingConfig:
                               "capture fall back to the dynamic engine with a warning.")
     dtype: str = field("model", "Weights' precision while sampling: model (as trained) or bfloat16 / float16 "
                        "(a cast copy, refreshed only when the weights change; ~1.5× faster decoding on "
-                       "CPUs with AVX512-BF16, the usual RL trade of sampling/training mismatch). engine=vllm "
-                       "ignores it: sampling.vllm.dtype.",
-                       choices=["model", "bfloat16", "float16"])
+                       "CPUs with AVX512-BF16 or AMX, ~3× slower on CPUs without, the usual RL trade of "
+                       "sampling/training mismatch), or auto: bfloat16 where it is faster (a CPU with native bf16, "
+                       "CUDA under trainer.precision=mixed), the model's precision elsewhere. Under mixed precision "
+                       "model also samples from the bf16 copy. engine=vllm ignores it: sampling.vllm.dtype.",
+                       choices=["model", "auto", "bfloat16", "float16"])
     merge_lora: bool = field(True, "Sample from a copy of each LoRA-adapted weight with the adapter merged in "
                              "(W + ΔW: one matrix product per linear instead of three; rebuilt after each update). "
                              "false: run the adapters unmerged (no copy of the adapted weights).")

@@ -311,6 +311,28 @@ def _cuda_index_available(index: Optional[int]) -> bool:
     return torch.cuda.is_available() and (index is None or index < torch.cuda.device_count())
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX, oneDNN's own check); without
+    it PyTorch emulates them and a bf16 decode is ~3× slower than fp32 (docs/performance.md)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def sampling_dtype(name: str, device: torch.device, precision: str = "fp32", sharded: bool = False) -> str:
+    """`sampling.dtype` for a model trained at `precision` on `device`: `auto` is bfloat16 where that is faster
+    (a CPU with native bf16 matrix products, or CUDA under mixed precision) and the model's own precision elsewhere
+    (FSDP2-sharded models always sample as they are). Under mixed precision `model` also means the bf16 copy."""
+    if sharded:
+        return "model" if name == "auto" else name
+    if name == "auto":
+        name = "bfloat16" if device.type == "cpu" and cpu_has_fast_bf16() else "model"
+    if name == "model" and precision == "mixed":
+        return "bfloat16"
+    return name
+
+
 def training_precision(precision: str, device: torch.device) -> str:
     """`trainer.precision` on `device`: auto → mixed on CUDA, fp32 elsewhere."""
     if precision == "auto":

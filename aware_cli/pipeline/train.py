@@ -26,8 +26,8 @@ from aware_cli.data import Example, TruncationStats, build_prompt_ids, build_res
 from aware_cli.data.anchors import anchor_unit, anchors_for_step, load_anchors, used_anchors
 from aware_cli.data.mix import load_training_data
 from aware_cli.data.preference import offline_training_data
-from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, save_model,
-                              trainable_parameters, training_precision, weights_dtype)
+from aware_cli.models import (base_model_path, count_parameters, load_model, resolve_device, sampling_dtype,
+                              save_model, trainable_parameters, training_precision, weights_dtype)
 from aware_cli.models.checkpoint import load_trainable_state
 from aware_cli.pipeline import rundir
 from aware_cli.pipeline.evaluate import evaluate
@@ -397,8 +397,9 @@ def load_for_training(cfg: AwareConfig, device, *, sharded: bool = False):
     precision = training_precision(cfg.trainer.precision, device)
     model, tokenizer = load_model(cfg.model, device=device,
                                   dtype=weights_dtype(cfg.trainer.precision, cfg.model.dtype, device))
-    if precision == "mixed" and cfg.sampling.dtype == "model" and not sharded:
-        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype="bfloat16"))
+    dtype = sampling_dtype(cfg.sampling.dtype, device, precision, sharded)
+    if dtype != cfg.sampling.dtype:
+        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, dtype=dtype))
     return cfg, model, tokenizer, precision
 
 

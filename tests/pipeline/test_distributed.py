@@ -199,6 +199,7 @@ def test_fsdp2_refuses_what_it_cannot_run():
     from aware_cli.pipeline.parallel import fsdp
 
     fsdp.check_config(compose("smoke", []).config)
+    fsdp.check_config(compose("smoke", ["sampling.dtype=auto"]).config)  # auto samples as the model under fsdp2
     for override in ("objective=gapo", "objective=shapo", "sampling.dtype=bfloat16"):
         with pytest.raises(ConfigError, match="trainer.parallel=fsdp2"):
             fsdp.check_config(compose("smoke", [override]).config)

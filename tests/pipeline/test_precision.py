@@ -8,7 +8,7 @@ from rich.console import Console
 
 from aware_cli.config import compose
 from aware_cli.errors import ConfigError
-from aware_cli.models import training_precision, weights_dtype
+from aware_cli.models import loading, sampling_dtype, training_precision, weights_dtype
 from aware_cli.pipeline.train import run_training
 from aware_cli.pipeline.update import compute_precision
 
@@ -21,6 +21,28 @@ def test_auto_is_mixed_on_cuda_and_fp32_elsewhere():
     assert weights_dtype("mixed", "auto", CPU) == torch.float32
     assert weights_dtype("bf16", "auto", CPU) == torch.bfloat16
     assert weights_dtype("fp32", "bfloat16", CPU) == torch.bfloat16  # an explicit model.dtype wins (checked at compose)
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_sampling_dtype_auto_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, fast_bf16):
+    monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert sampling_dtype("auto", CPU) == ("bfloat16" if fast_bf16 else "model")
+    assert sampling_dtype("bfloat16", CPU) == "bfloat16" and sampling_dtype("model", CPU) == "model"  # as asked
+    cuda = torch.device("cuda")
+    assert sampling_dtype("auto", cuda, "fp32") == "model"
+    assert sampling_dtype("auto", cuda, "mixed") == sampling_dtype("model", cuda, "mixed") == "bfloat16"
+    assert sampling_dtype("auto", CPU, "mixed", sharded=True) == "model"  # fsdp2 samples as it is
+
+
+def test_sampling_weights_resolve_auto_for_the_models_device(monkeypatch):
+    from aware_cli.pipeline.rollout.engine import sampling_weights
+
+    layer = torch.nn.Linear(4, 4)
+    for fast, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        with sampling_weights(layer, "auto"):
+            assert layer.weight.dtype == dtype
+        assert layer.weight.dtype == torch.float32
 
 
 def test_model_dtype_contradicting_the_precision_is_refused():

@@ -44,8 +44,9 @@ def check_config(cfg: AwareConfig) -> None:
                           f"in place, which FSDP2 keeps sharded; use trainer.parallel=ddp")
     # sampling_weights caches cast copies by (version, address); FSDP2 refills the same gathered
     # Parameter every step without bumping its version, so a cached copy could go stale
-    if cfg.sampling.dtype != "model":
-        raise ConfigError("trainer.parallel=fsdp2: sampling.dtype must be model")
+    if cfg.sampling.dtype not in ("model", "auto"):
+        raise ConfigError("trainer.parallel=fsdp2: sampling.dtype must be model (or auto, which samples as the model "
+                          "under fsdp2)")
 
 
 def is_sharded(model) -> bool:

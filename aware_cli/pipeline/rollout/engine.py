@@ -26,6 +26,7 @@ import torch
 
 from torch.distributed.fsdp import FSDPModule
 
+from aware_cli.models.loading import sampling_dtype
 from aware_cli.models.logprobs import pack_left, position_ids
 from aware_cli.pipeline.rollout.attention import cpu_decode_attention
 from aware_cli.pipeline.rollout.sampler import draws, sample_next
@@ -45,8 +46,12 @@ def sampling_weights(model, dtype: str = "model", merge_lora: bool = True) -> It
     are cached on the module (merged) or parameter (cast) and reused while the version counters of the
     weights they came from are unchanged (optimizer steps and loads bump them), so a frozen base is cast
     once per run and only the merged weights are rebuilt after each update. FSDP2-sharded models are run
-    as they are (their gathered weights are refilled in place without a version bump).
+    as they are (their gathered weights are refilled in place without a version bump). `dtype="auto"` is
+    resolved for the model's device by `models.loading.sampling_dtype`.
     """
+    if dtype == "auto":
+        device = next(model.parameters()).device
+        dtype = sampling_dtype(dtype, device, sharded=isinstance(model, FSDPModule))
     target = DTYPES.get(dtype)
     layers = _mergeable_lora_layers(model) if merge_lora else []
     merged_params = {id(layer.base_layer.weight) for layer in layers}
