@@ -299,7 +299,9 @@ def table_overhead(exp: Experiment) -> str:
         # files before 2026-12-01's second run do not record the CPU: they ran on the AVX512-BF16 machine
         cpu = (f"{env['cpu_capability']}{' + native bf16' if env.get('cpu_native_bf16') else ', no native bf16'}"
                if "cpu_capability" in env else "AVX512-BF16 (not recorded in the file)")
-        threads = f"{data['commit'][:7]}, {env['threads']}" + "".join(f", `{x}`" for x in sets)
+        tag = (f"{env['cpu_capability']}{' + bf16' if env.get('cpu_native_bf16') else ''}" if "cpu_capability" in env
+               else "AVX512-BF16 (not recorded)")
+        threads = f"{data['commit'][:7]}, {env['threads']}, {tag}" + "".join(f", `{x}`" for x in sets)
         rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
                      f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
         for k, arm in data["aware"].items():
@@ -314,8 +316,30 @@ def table_overhead(exp: Experiment) -> str:
         notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['recipe']}, model "
                      f"{data['model']}, batch {data['batch']}, {timed}, torch {env['torch']}, "
                      f"{env['threads']} torch thread(s), CPU {cpu}.")
-    return _table(["commit, torch threads, --set", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
+    return _table(["commit, torch threads, CPU, --set", "objective", "k", "median step s", "ratio to SFT", "sample s", "verify s",
                    "update s", "tokens forwarded"], rows) + "\n" + "\n".join(notes) + "\n"
+
+
+def table_sampling(exp: Experiment) -> str:
+    """Sampling throughput on CPU by sampling precision: every docs/bench/sampling-cpu*.json
+    (scripts/bench_sampling.py --out)."""
+    names = {"hf": "transformers `generate`, weights as trained", "aware": "aware engine, weights as trained",
+             "aware_bfloat16": "aware engine, bf16 weights", "hf_bfloat16": "transformers `generate`, bf16 weights"}
+    rows, notes = [], []
+    for path in sorted(exp.dir.glob("sampling-cpu*.json")):
+        data = json.loads(path.read_text())
+        cpu = f"{data['cpu_capability']}{' + native bf16' if data['cpu_native_bf16'] else ', no native bf16'}"
+        for key, label in names.items():
+            if key in data:
+                arm = data[key]
+                speed = arm["tokens_per_s"] / data["hf"]["tokens_per_s"]
+                rows.append([path.name, cpu, label, f"{arm['median_s']:.2f}", ", ".join(map(str, arm["tokens"])),
+                             f"{arm['tokens_per_s']:.1f}", f"{speed:.2f}×"])
+        notes.append(f"- {path.name}: `{data['command']}` at commit {data['commit'][:10]}: {data['model']}, "
+                     f"B={data['batch']} × k={data['k']}, {data['max_new_tokens']} new tokens, EOS "
+                     f"{'allowed' if data['eos'] else 'ignored'}, {data['threads']} torch threads, torch {data['torch']}.")
+    return _table(["file", "CPU", "sampler", "median s", "tokens per repeat", "tokens/s", "vs `generate`"],
+                  rows) + "\n" + "\n".join(notes) + "\n"
 
 
 def gpu_rows(exp: Experiment) -> Iterator[Tuple[str, dict, Optional[dict]]]:
@@ -453,7 +477,7 @@ def table_setup(exp: Experiment) -> str:
 
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
-          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
+          "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "sampling": table_sampling, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
           "tradeoff": table_tradeoff,
           "first_rows": table_first_rows, "task_refusals": table_task_refusals}
 
