@@ -329,7 +329,8 @@ def test_objectives_beyond_aware_train_from_the_cli(objective, sft_run, tmp_path
     if objective == "constrained_sft":  # nothing sampled; the constraint is 0 while policy = reference
         sft = read_jsonl(sft_run / "metrics.jsonl")
         assert first["mu_mean"] is None and first["objective/harmful_rows"] >= 1
-        assert first["loss"] == pytest.approx(sft[0]["loss"], abs=1e-6)
+        # the same SFT loss up to float32 rounding (~1e-7 relative: the batches are summed in another order)
+        assert first["loss"] == pytest.approx(sft[0]["loss"], rel=1e-6)
         assert second["objective/harmful_rows"] >= 1 and second["loss"] > sft[1]["loss"] + 1e-6
 
 
