@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """aware's cost over plain SFT: one run, same data, batch and model; prints one JSON line.
 
-    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~6 min on 2 cores
+    python scripts/bench_overhead.py                         # embedded SmolLM2-135M + LoRA, k=4, ~6 min on 2 cores (~9 without native bf16)
     python scripts/bench_overhead.py --k 2 --k 8             # also k = 2 and 8 (one aware arm per k)
     python scripts/bench_overhead.py --out docs/bench/overhead-cpu.json
     python scripts/bench_overhead.py --model tiny --steps 3  # seconds, a smoke check

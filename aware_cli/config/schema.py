@@ -410,7 +410,7 @@ class SamplingConfig:
                               "capture fall back to the dynamic engine with a warning.")
     dtype: str = field("model", "Weights' precision while sampling: model (as trained) or bfloat16 / float16 "
                        "(a cast copy, refreshed only when the weights change; ~1.5× faster decoding on "
-                       "CPUs with AVX512-BF16 or AMX, ~3× slower on CPUs without, the usual RL trade of "
+                       "CPUs with AVX512-BF16 or AMX, 2–3× slower on CPUs without, the usual RL trade of "
                        "sampling/training mismatch), or auto: bfloat16 where it is faster (a CPU with native bf16, "
                        "CUDA under trainer.precision=mixed), the model's precision elsewhere. Under mixed precision "
                        "model also samples from the bf16 copy. engine=vllm ignores it: sampling.vllm.dtype.",

@@ -313,7 +313,7 @@ def _cuda_index_available(index: Optional[int]) -> bool:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX, oneDNN's own check); without
-    it PyTorch emulates them and a bf16 decode is ~3× slower than fp32 (docs/performance.md)."""
+    it PyTorch emulates them and a bf16 decode takes 2–3× the time of an fp32 one (docs/performance.md)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

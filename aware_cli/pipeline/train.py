@@ -210,7 +210,8 @@ def _train(cfg: AwareConfig, run_dir: Path, console: Console, base_dir: Optional
         cfg, model, tokenizer, precision = load_for_training(cfg, device, sharded=sharded)
         trainable, total = count_parameters(model)
         console.print(f"model: {cfg.model.name_or_path} on {device} ({trainable:,} trainable of {total:,} "
-                      f"parameters, {precision} precision)")
+                      f"parameters, {precision} precision, sampling from "
+                      f"{'the weights as trained' if cfg.sampling.dtype == 'model' else cfg.sampling.dtype + ' weights'})")
         check_context(cfg, model)
         if anchors:  # their reference answers: the base model's, before any trained weights are loaded
             anchors = anchor_answers(cfg, model, tokenizer, anchors, run_dir, ranks, console)
