@@ -72,6 +72,15 @@ def summary(runs: List[List[Dict[str, Any]]]) -> Dict[str, Any]:
     }
 
 
+def cpu_info() -> Dict[str, Any]:
+    """The CPU's vector capability and whether it multiplies bf16 natively (what sampling.dtype=auto decides on)."""
+    import torch
+
+    from aware_cli.models.loading import cpu_has_fast_bf16
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_fast_bf16()}
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -99,7 +108,6 @@ def main() -> int:
 
     from aware_cli.cli import _quiet_libraries
     from aware_cli.models.allocator import tune_cpu_allocator
-    from aware_cli.models.loading import cpu_has_fast_bf16
 
     _quiet_libraries()
     ks = args.k or [4]
@@ -132,8 +140,7 @@ def main() -> int:
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine(),
                         "processor": platform.processor() or "unknown",
-                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "cpu_native_bf16": cpu_has_fast_bf16(),  # what sampling.dtype=auto decides on
+                        **cpu_info(),
                         "malloc_tuning": tune_cpu_allocator()},  # models/allocator.py, in effect for both arms
         "wall_s": time.perf_counter() - started,
     }

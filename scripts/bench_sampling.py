@@ -41,8 +41,9 @@ def main() -> int:
     from aware_cli.config import compose
     from aware_cli.data import build_prompt_ids, builtin
     from aware_cli.models import load_model
-    from aware_cli.models.loading import cpu_has_fast_bf16
     from aware_cli.pipeline.rollout.sample import generate
+
+    from bench_overhead import cpu_info, git_commit  # this folder is on sys.path when run as a script
 
     _quiet_libraries()
     cfg = compose("alpaca", [f"model={args.model}"]).config
@@ -80,13 +81,10 @@ def main() -> int:
         "bench": "sampling", "model": cfg.model.name_or_path if args.model == "smollm2" else args.model,
         "batch": args.batch, "k": args.k, "max_new_tokens": args.max_new_tokens, "eos": not args.no_eos,
         "prompt_tokens": [len(p) for p in prompts], "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_fast_bf16(), **results,
+        "torch": torch.__version__, **cpu_info(), **results,
         "speedup_tokens_per_s": {name: r["tokens_per_s"] / results["hf"]["tokens_per_s"]
                                  for name, r in results.items() if name != "hf"},
     }
-    from bench_overhead import git_commit  # this folder is on sys.path when run as a script
-
     report.update(command="python scripts/bench_sampling.py " + " ".join(sys.argv[1:]), commit=git_commit())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -289,6 +289,14 @@ def table_request_head(exp: Experiment) -> str:
                    "accuracy at 0.5"], rows)
 
 
+def cpu_description(record: Dict[str, Any]) -> str:
+    """The CPU a benchmark ran on, from its `cpu_capability` / `cpu_native_bf16` keys (scripts/bench_*.py); files
+    written before 2026-12-01's second run lack them and ran on the AVX512-BF16 machine."""
+    if "cpu_capability" not in record:
+        return "AVX512-BF16 (not recorded in the file)"
+    return f"{record['cpu_capability']}{' + native bf16' if record['cpu_native_bf16'] else ', no native bf16'}"
+
+
 def table_overhead(exp: Experiment) -> str:
     """aware vs SFT step time on CPU: every docs/bench/overhead-cpu*.json (scripts/bench_overhead.py --out)."""
     rows, notes = [], []
@@ -296,12 +304,8 @@ def table_overhead(exp: Experiment) -> str:
         data = json.loads(path.read_text())
         env = data["environment"]
         sets = re.findall(r"--set (\S+)", data["command"])
-        # files before 2026-12-01's second run do not record the CPU: they ran on the AVX512-BF16 machine
-        cpu = (f"{env['cpu_capability']}{' + native bf16' if env.get('cpu_native_bf16') else ', no native bf16'}"
-               if "cpu_capability" in env else "AVX512-BF16 (not recorded in the file)")
-        tag = (f"{env['cpu_capability']}{' + bf16' if env.get('cpu_native_bf16') else ''}" if "cpu_capability" in env
-               else "AVX512-BF16 (not recorded)")
-        threads = f"{data['commit'][:7]}, {env['threads']}, {tag}" + "".join(f", `{x}`" for x in sets)
+        cpu = cpu_description(env)
+        threads = f"{data['commit'][:7]}, {env['threads']}, {cpu}" + "".join(f", `{x}`" for x in sets)
         rows.append([threads, "sft", "–", f"{data['sft']['median_step_s']:.2f}", "1.00", "–", "–",
                      f"{data['sft']['stages_median_s']['update']:.2f}", f"{data['sft']['forwarded_tokens_median']:.0f}"])
         for k, arm in data["aware"].items():
@@ -328,7 +332,7 @@ def table_sampling(exp: Experiment) -> str:
     rows, notes = [], []
     for path in sorted(exp.dir.glob("sampling-cpu*.json")):
         data = json.loads(path.read_text())
-        cpu = f"{data['cpu_capability']}{' + native bf16' if data['cpu_native_bf16'] else ', no native bf16'}"
+        cpu = cpu_description(data)
         for key, label in names.items():
             if key in data:
                 arm = data[key]
