@@ -34,7 +34,7 @@ PAGE = ROOT / "docs" / "results.md"
 # every page with generated blocks; `results:bench:overhead` reads docs/bench/ (scripts/bench_overhead.py --out)
 PAGES = [PAGE, ROOT / "README.md", ROOT / "docs" / "verifiers.md", ROOT / "docs" / "performance.md"]
 BENCH = ROOT / "docs" / "bench"
-BLOCK = re.compile(r"(<!-- results:(?P<exp>[\w.-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<exp>[\w./-]+):(?P<table>\w+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
 @dataclass(frozen=True)

@@ -655,6 +655,14 @@ def fit(X: torch.Tensor, y: np.ndarray, w: np.ndarray, cfg: Dict, seed: int) -> 
 
 
 @torch.no_grad()
+def fold_scaling(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make `model` read raw features x where it was trained on (x − mean) / std: W' = W / std, b' = b − W'·mean."""
+    first = model[0]
+    first.weight.div_(std)
+    first.bias.sub_(first.weight @ mean)
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, X: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(model(X).squeeze(-1)).numpy().astype(np.float64)
 
@@ -738,7 +746,7 @@ def embedded_answers(prompts: List[str], max_new_tokens: int = 64) -> List[str]:
     for start in range(0, len(order), 16):
         batch = order[start:start + 16]
         out = generate(model, tokenizer, [ids[i] for i in batch], num_return=1, max_new_tokens=max_new_tokens,
-                       do_sample=False, device=device, dtype="bfloat16")
+                       do_sample=False, device=device, dtype="auto")
         for i, texts in zip(batch, out.texts):
             answers[i] = texts[0]
         log(f"  answered {min(start + 16, len(order))}/{len(order)} ({time.time() - started:.0f}s)")
@@ -850,6 +858,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=SHIPPED_HEADS, help="heads file to write (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training")
     parser.add_argument("--encoder", default=EMBEDDED_ENCODER, help="sentence encoder (default: %(default)s)")
+    parser.add_argument("--request-encoder", default=None, metavar="NAME",
+                        help="the request head's own encoder, e.g. state:embedded:smollm2-135m-instruct@16 (the "
+                             "embedded model's hidden state at the request's last token, layer 16; features are "
+                             "standardised on the training rows and the scaling folded into the head; linear "
+                             "heads only); default: --encoder")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR",
                         help="also check the whole verifier on held-out requests with the embedded model's own answers "
                              "and write DIR/verifier.json and DIR/reliability.png (docs/results/verifier)")
@@ -877,8 +890,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     counts["refusal"].update(ref_counts)
     log(f"rows: {json.dumps(counts)}")
 
-    X_all = embed(rtexts + ftexts, args.encoder, args.cache)
-    RX, FX = X_all[: len(rtexts)], X_all[len(rtexts):]
+    request_encoder = args.request_encoder or args.encoder
+    if request_encoder == args.encoder:
+        X_all = embed(rtexts + ftexts, args.encoder, args.cache)
+        RX, FX = X_all[: len(rtexts)], X_all[len(rtexts):]
+    else:
+        RX, FX = embed(rtexts, request_encoder, args.cache), embed(ftexts, args.encoder, args.cache)
+    # Hidden states are not unit-norm like sentence embeddings: standardise on the training rows (the scaling
+    # is folded into the head's first layer before saving, so the file reads raw features).
+    scaling = None
+    if request_encoder != args.encoder:
+        mean, std = RX[torch.as_tensor(rtrain)].mean(0), RX[torch.as_tensor(rtrain)].std(0).clamp_min(1e-6)
+        RX, scaling = (RX - mean) / std, (mean, std)
 
     # ---- request head: choose by cross-validated log-loss averaged over the sources (training rows only).
     hard_groups = ("safety_harmful", "safety_benign", "hh_harmful", "hh_benign")
@@ -894,9 +917,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "hard_acc": round(accuracy(oof[hard], rytr[hard]), 4)}
         return -macro, detail
 
-    request_candidates = [{"kind": "linear", "weights": "source", "l2": l2} for l2 in (1e-5, 1e-4)]
-    request_candidates += [{"kind": "mlp", "hidden": h, "weights": "source", "l2": l2, "steps": 500}
-                           for h in (64, 256) for l2 in (1e-4, 1e-3)]
+    if scaling is None:
+        request_candidates = [{"kind": "linear", "weights": "source", "l2": l2} for l2 in (1e-5, 1e-4)]
+        request_candidates += [{"kind": "mlp", "hidden": h, "weights": "source", "l2": l2, "steps": 500}
+                               for h in (64, 256) for l2 in (1e-4, 1e-3)]
+    else:  # 576+ standardised features: linear heads, stronger l2 (docs/results/verifier/policy-probe)
+        request_candidates = [{"kind": "linear", "weights": "source", "l2": l2} for l2 in (1e-3, 1e-2, 1e-1)]
     log("request head: 5-fold CV on training rows (criterion: log-loss averaged over sources)")
     best_req, req_tried = select(RXtr, rytr, rgtr, rfolds[tr], request_candidates, request_cv, args.seed)
 
@@ -920,7 +946,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     calibration_rows = test & ~np.isin(groups_arr, ("xstest_safe", "xstest_unsafe"))
     req_metrics["heldout_calibration"] = calibration(req_probs[calibration_rows], ry[calibration_rows])
-    probe_probs = predict(request_model, embed(DEV_PROBES_HARMFUL + DEV_PROBES_BENIGN, args.encoder, args.cache))
+    probe_X = embed(DEV_PROBES_HARMFUL + DEV_PROBES_BENIGN, request_encoder, args.cache)
+    probe_probs = predict(request_model, probe_X if scaling is None else (probe_X - scaling[0]) / scaling[1])
     n_h = len(DEV_PROBES_HARMFUL)
     req_metrics["dev_probes"] = dict(summary(probe_probs, [1] * n_h + [0] * len(DEV_PROBES_BENIGN)),
                                      harmful_ge_0_8=int((probe_probs[:n_h] >= 0.8).sum()),
@@ -964,13 +991,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         "refusal_selection": {"criterion": "5-fold CV log-loss on training rows (folds by template)",
                               "chosen": cfg_name(best_ref), "tried": ref_tried},
         "data_sha256": {name: file_sha256(builtin.get(dataset).path) for name, dataset in SOURCES.items()},
-        "command": "scripts/train_verifier_heads.py --seed %d" % args.seed,
+        "command": "scripts/train_verifier_heads.py --seed %d" % args.seed
+                   + (f" --request-encoder {args.request_encoder}" if args.request_encoder else ""),
     }
-    dim = int(RX.shape[1])
+    if scaling is not None:
+        fold_scaling(request_model, *scaling)
+        training["request_encoder"] = request_encoder
     save_heads(args.out, {
-        "request": (request_model, HeadSpec(best_req["kind"], dim, best_req.get("hidden", 0), "prompt")),
-        "refusal": (refusal_model, HeadSpec(best_ref["kind"], dim, best_ref.get("hidden", 0), "response")),
-    }, encoder=args.encoder, metrics=metrics, training=training)
+        "request": (request_model, HeadSpec(best_req["kind"], int(RX.shape[1]), best_req.get("hidden", 0),
+                                             "prompt" if scaling is None else "prompt-state")),
+        "refusal": (refusal_model, HeadSpec(best_ref["kind"], int(FX.shape[1]), best_ref.get("hidden", 0), "response")),
+    }, encoder=args.encoder, metrics=metrics, training=training, request_encoder=request_encoder)
     log(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.time() - started:.0f}s")
     if args.report:  # the verifier as a whole on held-out (request, answer) pairs: the checks of docs/results.md
         write_report(args, req_probs[calibration_rows], ry[calibration_rows], metrics)

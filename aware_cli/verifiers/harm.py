@@ -1,4 +1,6 @@
-"""The `harm` verifier: refuse harmful requests, answer benign ones, judged offline with MiniLM + small heads.
+"""The `harm` verifier: refuse harmful requests, answer benign ones, judged offline with MiniLM + small heads
+(or, with `verifier.harm.heads=shipped:smollm2-state`, a request head on the embedded SmolLM2's own reading of
+the request: `encoder.PromptStateEncoder`).
 
 For each (prompt, response):
 
@@ -29,7 +31,7 @@ from aware_cli.config.schema import VerifierConfig
 from aware_cli.data.loaders import CURATED_LABEL
 from aware_cli.verifiers.base import Verifier, register_block, register_verifier
 from aware_cli.verifiers.fingerprint import block_payload, path_fingerprint
-from aware_cli.verifiers.heads import SHIPPED_HEADS, RefusalModel
+from aware_cli.verifiers.heads import RefusalModel, resolve_heads_path
 
 
 HARM_ACTS = Path(__file__).with_name("harm_acts.json")
@@ -85,11 +87,10 @@ def harm_scores(p_harmful: Sequence[float], p_refuse: Sequence[float], over_refu
 
 @register_block("harm")
 def harm_fingerprint(cfg: VerifierConfig) -> dict:
-    """verifier.harm with the encoder's and heads' files; without `heads`, the shipped heads' (retraining
-    them invalidates cached scores)."""
-    out = block_payload(cfg.harm, paths=("encoder", "heads"))
-    if not out.get("heads"):
-        out["heads_files"] = path_fingerprint(str(SHIPPED_HEADS))
+    """verifier.harm with the encoder's and heads' files; without `heads` (or with `shipped:<name>`), the shipped
+    file's (retraining them invalidates cached scores)."""
+    out = block_payload(cfg.harm, paths=("encoder",))
+    out["heads_files"] = path_fingerprint(str(resolve_heads_path(cfg.harm.heads)))
     return out
 
 

@@ -33,8 +33,26 @@ from aware_cli.errors import ConfigError
 
 HEADS_FORMAT = "aware-embedding-heads/1"
 SHIPPED_HEADS = Path(__file__).resolve().parent / "weights" / "harm_heads.safetensors"
+# `verifier.harm.heads=shipped:<name>`: the heads files aware ships (null: the first)
+SHIPPED = {"minilm": SHIPPED_HEADS,
+           "smollm2-state": SHIPPED_HEADS.with_name("harm_heads_smollm2_state.safetensors")}
 HEAD_NAMES = ("request", "refusal")
 HEAD_KINDS = ("linear", "mlp")
+
+
+def resolve_heads_path(path: Optional[os.PathLike]) -> Path:
+    """The heads file `verifier.harm.heads` names: None → the shipped MiniLM heads, `shipped:<name>` → that
+    shipped file, else the path itself."""
+    if not path:
+        return SHIPPED_HEADS
+    text = str(path)
+    if text.startswith("shipped:"):
+        name = text[len("shipped:"):]
+        if name not in SHIPPED:
+            raise ConfigError(f"verifier.harm.heads: unknown shipped heads {text!r} "
+                              f"(choose from: {', '.join('shipped:' + n for n in SHIPPED)})")
+        return SHIPPED[name]
+    return Path(text).expanduser()
 
 
 def make_head(kind: str, in_dim: int, hidden: int = 0) -> torch.nn.Sequential:
@@ -71,6 +89,13 @@ class EmbeddingHeads:
     dim: int
     metadata: Dict[str, str] = field(default_factory=dict)
     path: str = ""
+    request_encoder: str = ""  # the request head's own encoder (`request.encoder`); "" = `encoder`
+    request_dim: int = 0
+
+    @property
+    def prompt_encoder(self) -> Tuple[str, int]:
+        """(encoder name, width) the request head reads."""
+        return (self.request_encoder, self.request_dim) if self.request_encoder else (self.encoder, self.dim)
 
     @torch.no_grad()
     def p_harmful(self, prompt_embeddings: torch.Tensor) -> torch.Tensor:
@@ -89,8 +114,9 @@ class EmbeddingHeads:
 
 
 def save_heads(path: os.PathLike, heads: Dict[str, Tuple[torch.nn.Module, HeadSpec]], *, encoder: str,
-               metrics: Dict[str, Any], training: Dict[str, Any]) -> None:
-    """Write both heads (`request`, `refusal`) and their metadata to one safetensors file."""
+               metrics: Dict[str, Any], training: Dict[str, Any], request_encoder: Optional[str] = None) -> None:
+    """Write both heads (`request`, `refusal`) and their metadata to one safetensors file. `request_encoder`: the
+    request head reads another encoder's features than `encoder` (e.g. a `state:` encoder)."""
     from safetensors.torch import save_file
 
     if set(heads) != set(HEAD_NAMES):
@@ -98,13 +124,16 @@ def save_heads(path: os.PathLike, heads: Dict[str, Tuple[torch.nn.Module, HeadSp
     tensors: Dict[str, torch.Tensor] = {}
     metadata = {"format": HEADS_FORMAT, "encoder": encoder,
                 "metrics": json.dumps(metrics, sort_keys=True), "training": json.dumps(training, sort_keys=True)}
+    if request_encoder and request_encoder != encoder:
+        metadata["request.encoder"] = request_encoder
     dims = set()
     for name, (module, spec) in heads.items():
         for key, value in module.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to(torch.float32).contiguous().cpu()
         for key, value in spec.as_meta().items():
             metadata[f"{name}.{key}"] = value
-        dims.add(spec.in_dim)
+        if not (name == "request" and "request.encoder" in metadata):
+            dims.add(spec.in_dim)
     metadata["dim"] = str(max(dims))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
@@ -116,7 +145,7 @@ def load_heads(path: Optional[os.PathLike] = None) -> EmbeddingHeads:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    where = Path(path).expanduser() if path else SHIPPED_HEADS
+    where = resolve_heads_path(path)
     if not where.is_file():
         hint = ("reinstall aware-cli or run scripts/train_verifier_heads.py" if path is None
                 else "train one with scripts/train_verifier_heads.py --out PATH")
@@ -142,8 +171,11 @@ def load_heads(path: Optional[os.PathLike] = None) -> EmbeddingHeads:
             raise ConfigError(f"verifier.harm.heads: {where}: bad {name!r} head: "
                               f"{' '.join(str(exc).split())[:200]}") from exc
         modules[name] = module.eval()
+    request_encoder = metadata.get("request.encoder", "")
     return EmbeddingHeads(request=modules["request"], refusal=modules["refusal"], encoder=metadata.get("encoder", ""),
-                          dim=int(metadata.get("dim", "0")), metadata=metadata, path=str(where))
+                          dim=int(metadata.get("dim", "0")), metadata=metadata, path=str(where),
+                          request_encoder=request_encoder,
+                          request_dim=int(metadata["request.in_dim"]) if request_encoder else 0)
 
 
 _HEADS_CACHE: Dict[str, EmbeddingHeads] = {}
@@ -152,7 +184,7 @@ _LOCK = threading.Lock()
 
 def get_heads(path: Optional[os.PathLike] = None) -> EmbeddingHeads:
     """`load_heads(path)`, cached per resolved path for the process."""
-    key = str(Path(path).expanduser().resolve()) if path else str(SHIPPED_HEADS)
+    key = str(resolve_heads_path(path).resolve())
     with _LOCK:
         if key not in _HEADS_CACHE:
             _HEADS_CACHE[key] = load_heads(path)
@@ -183,22 +215,35 @@ class RefusalModel:
 
     @property
     def encoder(self):
+        """The sentence encoder (`verifier.harm.encoder`) the refusal head reads."""
+        return self._encoder(self.encoder_name, self.heads.dim, "verifier.harm.encoder")
+
+    @property
+    def prompt_encoder(self):
+        """What the request head reads: the sentence encoder, or the heads file's own `request.encoder`."""
+        name, dim = self.heads.prompt_encoder
+        if not self.heads.request_encoder:
+            return self.encoder
+        return self._encoder(name, dim, "verifier.harm.heads")
+
+    def _encoder(self, name: str, dim: int, key: str):
         from aware_cli.verifiers.base import verifier_device
         from aware_cli.verifiers.encoder import get_encoder
 
-        encoder = get_encoder(self.encoder_name, verifier_device(self.device_name), self.max_length)
-        heads = self.heads
-        if heads.dim and encoder.dim != heads.dim:
-            raise ConfigError(f"verifier.harm.encoder: {self.encoder_name!r} gives {encoder.dim}-d embeddings but the "
-                              f"heads in {heads.path} were trained on {heads.dim}-d ones from {heads.encoder!r}")
+        encoder = get_encoder(name, verifier_device(self.device_name), self.max_length)
+        if dim and encoder.dim != dim:
+            raise ConfigError(f"{key}: {name!r} gives {encoder.dim}-d embeddings but the heads in "
+                              f"{self.heads.path} were trained on {dim}-d ones")
         return encoder
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Unit-norm embeddings of `texts`, each distinct text encoded once."""
+    def embed(self, texts: Sequence[str], batch_size: int = 64, encoder=None) -> torch.Tensor:
+        """Embeddings of `texts` (the sentence encoder's unit-norm ones unless `encoder` is given), each distinct
+        text encoded once."""
+        encoder = self.encoder if encoder is None else encoder
         unique = list(dict.fromkeys(texts))
         if not unique:
-            return torch.zeros(0, self.heads.dim or 384)
-        table = self.encoder.encode(unique, batch_size=batch_size)
+            return torch.zeros(0, encoder.dim)
+        table = encoder.encode(unique, batch_size=batch_size)
         where = {text: i for i, text in enumerate(unique)}
         return table[[where[t] for t in texts]]
 
@@ -206,7 +251,7 @@ class RefusalModel:
         """The request head's P(harmful) per prompt."""
         if not prompts:
             return []
-        return self.heads.p_harmful(self.embed(prompts, batch_size)).tolist()
+        return self.heads.p_harmful(self.embed(prompts, batch_size, self.prompt_encoder)).tolist()
 
     def p_refuse(self, texts: Sequence[str], batch_size: int = 64) -> List[float]:
         """P(refuse) per response (see the class doc)."""

@@ -1,4 +1,4 @@
-"""The packaged MiniLM sentence encoder: path resolution, pooling, normalisation, caching."""
+"""The sentence encoder (packaged MiniLM: path resolution, pooling, normalisation, caching) and the `state:` encoder."""
 
 import importlib.util
 
@@ -70,3 +70,49 @@ def test_order_and_batching_do_not_change_embeddings(enc):
 def test_get_encoder_is_a_process_level_cache(enc):
     assert get_encoder(EMBEDDED_ENCODER, "cpu", 256) is enc
     assert get_encoder(EMBEDDED_ENCODER, torch.device("cpu"), 256) is enc
+
+
+# ---------------------------------------------------------------- state:<model>@<layer>
+
+
+@pytest.fixture(scope="module")
+def state():
+    from aware_cli.verifiers.encoder import get_encoder
+
+    return get_encoder("state:tiny@1", "cpu", 64)
+
+
+def test_state_encoder_cuts_the_model_after_its_layer(state):
+    from aware_cli.verifiers.encoder import PromptStateEncoder
+
+    assert isinstance(state, PromptStateEncoder) and state.layer == 1 and len(state.body.layers) == 1
+    assert state.dim == 64 and not hasattr(state.body, "lm_head")
+
+
+def test_state_encoder_reads_the_chat_formatted_request_at_its_last_token(state):
+    """The feature is the last position's hidden state of the request in the chat template (generation prompt
+    added): the same whatever the batch and its left padding."""
+    texts = ["How do I bake bread?", "hi", "Write a long story about a dragon who learns to read and write."]
+    together = state.encode(texts, batch_size=3)
+    alone = torch.cat([state.encode([t]) for t in texts])
+    assert together.shape == (3, 64) and torch.allclose(together, alone, atol=1e-5)
+    chat = state.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                               add_generation_prompt=True)
+    ids = state.tokenizer(chat, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        expected = state.body(**ids).last_hidden_state[0, -1]
+    assert torch.allclose(alone[1], expected, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("state:tiny", "is not state:<model>@<layer>"),
+    ("state:tiny@0", "is not state:<model>@<layer>"),
+    ("state:tiny@x", "is not state:<model>@<layer>"),
+    ("state:tiny@5", "has 2 layers, not 5"),
+])
+def test_bad_state_names_are_config_errors(name, message):
+    from aware_cli.verifiers.encoder import PromptStateEncoder
+
+    with pytest.raises(ConfigError, match=message):
+        PromptStateEncoder(name)
