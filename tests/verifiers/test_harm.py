@@ -95,6 +95,29 @@ def test_request_head_auroc_recomputed_on_rows_it_never_saw(script, groups, reco
     assert auroc == pytest.approx(meta["auroc"], abs=2e-3)  # and the file's metadata says what the heads do
 
 
+@pytest.mark.slow
+def test_shipped_smollm2_state_heads_recomputed_on_held_out_written_subjects(script):
+    """`verifier.harm.heads=shipped:smollm2-state`: its request head reads the embedded SmolLM2's state at the
+    request's last token (layer 16); recomputed here on the held-out written subjects (requests on one subject,
+    harmful and benign: the hard case), it separates them better than the MiniLM head and as its file says."""
+    from aware_cli.verifiers.encoder import get_encoder
+    from aware_cli.verifiers.heads import SHIPPED
+
+    heads = load_heads("shipped:smollm2-state")
+    assert heads.request_encoder == "state:embedded:smollm2-135m-instruct@16" and heads.request_dim == 576
+    assert (heads.encoder, heads.dim) == (EMBEDDED_ENCODER, 384) and SHIPPED["smollm2-state"].stat().st_size < 1_000_000
+    rows = [r for r in script.request_rows(script.read_sources(), 0)
+            if r[2] in ("safety_harmful", "safety_benign") and not r[3]]
+    texts, labels = [r[0] for r in rows], [r[1] for r in rows]
+    with torch.no_grad():
+        scores = heads.p_harmful(get_encoder(heads.request_encoder, "cpu", 256).encode(texts)).tolist()
+    meta = heads.json_meta("metrics")["request"]["heldout_written_subjects"]
+    assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])
+    assert _auroc(scores, labels) == pytest.approx(meta["auroc"], abs=2e-3)
+    minilm = load_heads().json_meta("metrics")["request"]["heldout_written_subjects"]["auroc"]
+    assert _auroc(scores, labels) >= 0.93 > minilm + 0.05
+
+
 def test_refusal_head_auroc_recomputed_on_held_out_templates(script):
     from aware_cli.verifiers.encoder import get_encoder
 
@@ -123,6 +146,37 @@ def test_heads_round_trip_through_safetensors(tmp_path):
         assert torch.allclose(loaded.p_harmful(x), torch.sigmoid(request(x)).squeeze(-1))
         assert torch.allclose(loaded.p_refuse(x), torch.sigmoid(refusal(x)).squeeze(-1))
     assert loaded.json_meta("metrics") == {"a": 1} and loaded.encoder == "some/encoder"
+
+
+def test_a_request_head_on_another_encoder_round_trips_and_reads_that_encoder(tmp_path):
+    """A heads file whose request head reads `state:` features (here the tiny model's, 64-d) while the refusal
+    head reads MiniLM's (384-d): the verifier embeds prompts with the one, responses with the other."""
+    from aware_cli.verifiers.encoder import get_encoder
+
+    torch.manual_seed(0)
+    request, refusal = make_head("linear", 64), make_head("linear", 384)
+    path = tmp_path / "heads.safetensors"
+    save_heads(path, {"request": (request, HeadSpec("linear", 64, 0, "prompt-state")),
+                      "refusal": (refusal, HeadSpec("linear", 384, 0, "response"))},
+               encoder=EMBEDDED_ENCODER, metrics={}, training={}, request_encoder="state:tiny@1")
+    loaded = load_heads(path)
+    assert loaded.prompt_encoder == ("state:tiny@1", 64) and (loaded.encoder, loaded.dim) == (EMBEDDED_ENCODER, 384)
+    model = make(heads=str(path)).refusal_model
+    prompts = [BOMB, BREAD]
+    with torch.no_grad():
+        expected = torch.sigmoid(request(get_encoder("state:tiny@1", "cpu", 256).encode(prompts))).squeeze(-1)
+        assert model.p_harmful(prompts) == pytest.approx(expected.tolist(), abs=1e-6)
+        refuse = torch.sigmoid(refusal(get_encoder(EMBEDDED_ENCODER, "cpu", 256).encode([REFUSAL]))).item()
+    assert model.p_refuse([REFUSAL]) == pytest.approx([0.25 * 1.0 + 0.75 * refuse], abs=1e-6)
+
+
+def test_shipped_heads_are_named_by_shipped_prefix():
+    from aware_cli.verifiers.heads import SHIPPED, resolve_heads_path
+
+    assert resolve_heads_path(None) == SHIPPED_HEADS == resolve_heads_path("shipped:minilm")
+    assert resolve_heads_path("shipped:smollm2-state") == SHIPPED["smollm2-state"]
+    with pytest.raises(ConfigError, match="unknown shipped heads 'shipped:nope' .*shipped:smollm2-state"):
+        load_heads("shipped:nope")
 
 
 def test_bad_heads_files_are_config_errors(tmp_path):
