@@ -7,6 +7,10 @@ the encoder name, the dimensions, each head's kind and input, and the training s
 metrics (JSON strings). Loading uses safetensors only (no pickle). The trained file ships in the
 package: `aware_cli/verifiers/weights/harm_heads.safetensors`.
 
+A file may give the request head an encoder of its own (metadata `request.encoder`, e.g.
+`state:embedded:smollm2-135m-instruct@16`: the embedded model's hidden state at the request's last token,
+`encoder.PromptStateEncoder`); the second shipped file, `shipped:smollm2-state`, does.
+
 The refusal head reads the RESPONSE embedding only, not the prompt: refusing is a property of the
 response text, and a head that also saw the prompt would learn the training-set shortcut "harmful
 topic → refusal" (our refusals sit next to harmful requests, our compliant answers mostly next to
@@ -221,10 +225,10 @@ class RefusalModel:
     @property
     def prompt_encoder(self):
         """What the request head reads: the sentence encoder, or the heads file's own `request.encoder`."""
-        name, dim = self.heads.prompt_encoder
-        if not self.heads.request_encoder:
+        heads = self.heads
+        if not heads.request_encoder:
             return self.encoder
-        return self._encoder(name, dim, "verifier.harm.heads")
+        return self._encoder(heads.request_encoder, heads.request_dim, "verifier.harm.heads")
 
     def _encoder(self, name: str, dim: int, key: str):
         from aware_cli.verifiers.base import verifier_device
