@@ -891,16 +891,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     log(f"rows: {json.dumps(counts)}")
 
     request_encoder = args.request_encoder or args.encoder
+    scaling = None
     if request_encoder == args.encoder:
         X_all = embed(rtexts + ftexts, args.encoder, args.cache)
         RX, FX = X_all[: len(rtexts)], X_all[len(rtexts):]
     else:
         RX, FX = embed(rtexts, request_encoder, args.cache), embed(ftexts, args.encoder, args.cache)
-    # Hidden states are not unit-norm like sentence embeddings: standardise on the training rows (the scaling
-    # is folded into the head's first layer before saving, so the file reads raw features).
-    scaling = None
-    if request_encoder != args.encoder:
-        mean, std = RX[torch.as_tensor(rtrain)].mean(0), RX[torch.as_tensor(rtrain)].std(0).clamp_min(1e-6)
+        # Hidden states are not unit-norm like sentence embeddings: standardise on the training rows (the scaling
+        # is folded into the head's first layer before saving, so the file reads raw features).
+        train_rows = RX[torch.as_tensor(rtrain)]
+        mean, std = train_rows.mean(0), train_rows.std(0).clamp_min(1e-6)
         RX, scaling = (RX - mean) / std, (mean, std)
 
     # ---- request head: choose by cross-validated log-loss averaged over the sources (training rows only).

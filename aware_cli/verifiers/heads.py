@@ -96,11 +96,6 @@ class EmbeddingHeads:
     request_encoder: str = ""  # the request head's own encoder (`request.encoder`); "" = `encoder`
     request_dim: int = 0
 
-    @property
-    def prompt_encoder(self) -> Tuple[str, int]:
-        """(encoder name, width) the request head reads."""
-        return (self.request_encoder, self.request_dim) if self.request_encoder else (self.encoder, self.dim)
-
     @torch.no_grad()
     def p_harmful(self, prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """P(request is harmful) per row of [n, dim] prompt embeddings."""

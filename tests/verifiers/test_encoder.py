@@ -86,7 +86,7 @@ def test_state_encoder_cuts_the_model_after_its_layer(state):
     from aware_cli.verifiers.encoder import PromptStateEncoder
 
     assert isinstance(state, PromptStateEncoder) and state.layer == 1 and len(state.body.layers) == 1
-    assert state.dim == 64 and not hasattr(state.body, "lm_head")
+    assert state.dim == 64 and state.body.config.num_hidden_layers == 2  # the model had 2: one was dropped
 
 
 def test_state_encoder_reads_the_chat_formatted_request_at_its_last_token(state):

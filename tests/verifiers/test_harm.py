@@ -160,7 +160,8 @@ def test_a_request_head_on_another_encoder_round_trips_and_reads_that_encoder(tm
                       "refusal": (refusal, HeadSpec("linear", 384, 0, "response"))},
                encoder=EMBEDDED_ENCODER, metrics={}, training={}, request_encoder="state:tiny@1")
     loaded = load_heads(path)
-    assert loaded.prompt_encoder == ("state:tiny@1", 64) and (loaded.encoder, loaded.dim) == (EMBEDDED_ENCODER, 384)
+    assert (loaded.request_encoder, loaded.request_dim) == ("state:tiny@1", 64)
+    assert (loaded.encoder, loaded.dim) == (EMBEDDED_ENCODER, 384)
     model = make(heads=str(path)).refusal_model
     prompts = [BOMB, BREAD]
     with torch.no_grad():
