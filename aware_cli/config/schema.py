@@ -51,6 +51,8 @@ class LoraConfig:
         doc="Module names to adapt.",
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
+    first_layer: int = field(0, "Adapt only the decoder layers from this index on (0 = all). The layers below keep "
+                                "their weights and features, and the update's backward pass stops above them.", ge=0)
 
 
 @dataclass

@@ -129,7 +129,9 @@ def build_card(source: TrainedSource, *, kind: str, hub_base: Optional[str], che
         finetune = model.get("finetune", "lora")
         lora = model.get("lora") or {}
         lines.append(f"- fine-tuning: {finetune}" + (f" (LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, "
-                                                       f"targets {', '.join(lora.get('target_modules') or [])})"
+                                                       f"targets {', '.join(lora.get('target_modules') or [])}"
+                                                       + (f", layers {lora['first_layer']}+" if lora.get("first_layer")
+                                                          else "") + ")"
                                                        if finetune == "lora" else ""))
         lines.append(f"- trainer: batch {trainer.get('batch_size')}, lr {trainer.get('lr')}, seed "
                      f"{trainer.get('seed')}, k={config.get('k')} samples per prompt")

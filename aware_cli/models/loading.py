@@ -291,8 +291,16 @@ def _apply_lora(model, cfg: ModelConfig):
     import peft
 
     lora = cfg.lora
+    layers = None
+    if lora.first_layer:
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        if n_layers is None or lora.first_layer >= n_layers:
+            raise ModelError(f"model.lora.first_layer: {lora.first_layer} is not below the model's "
+                             f"{n_layers if n_layers is not None else 'unknown number of'} decoder layers")
+        layers = list(range(lora.first_layer, n_layers))
     adapter = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                              target_modules=list(lora.target_modules), layers_to_transform=layers,
+                              task_type="CAUSAL_LM")
     try:
         return peft.get_peft_model(model, adapter)
     except ValueError as exc:

@@ -96,6 +96,26 @@ def test_full_finetune_trains_everything():
     assert trainable == total and model.training
 
 
+def test_lora_first_layer_adapts_only_the_layers_above_and_backward_stops_there():
+    model, _ = load_model(tiny_with(lora=dataclasses.replace(tiny.lora, first_layer=1)))
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in name for name in names)
+    assert not any(".lora_" in name for name, _ in model.named_parameters() if ".layers.0." in name)
+    # No trainable weight below layer 1, so the loss's graph holds none of layer 0's activations.
+    seen = []
+    layer0 = model.get_base_model().model.layers[0]
+    handle = layer0.register_forward_hook(lambda module, args, out: seen.append(
+        (out[0] if isinstance(out, tuple) else out).requires_grad))
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    handle.remove()
+    assert seen == [False]
+
+
+def test_lora_first_layer_past_the_last_layer_is_a_model_error():
+    with pytest.raises(ModelError, match=r"^model\.lora\.first_layer: 2 is not below the model's 2 decoder layers"):
+        load_model(tiny_with(lora=dataclasses.replace(tiny.lora, first_layer=2)))
+
+
 def test_unknown_lora_target_is_a_model_error():
     with pytest.raises(ModelError, match=r"^model\.lora\.target_modules: "):
         load_model(tiny_with(lora=dataclasses.replace(tiny.lora, target_modules=["no_such_proj"])))
