@@ -128,11 +128,12 @@ def build_card(source: TrainedSource, *, kind: str, hub_base: Optional[str], che
                      + (" (checkpoints/best: " + _best_line(source) + ")" if source.weights.name == "best" else ""))
         finetune = model.get("finetune", "lora")
         lora = model.get("lora") or {}
-        lines.append(f"- fine-tuning: {finetune}" + (f" (LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, "
-                                                       f"targets {', '.join(lora.get('target_modules') or [])}"
-                                                       + (f", layers {lora['first_layer']}+" if lora.get("first_layer")
-                                                          else "") + ")"
-                                                       if finetune == "lora" else ""))
+        lora_settings = ""
+        if finetune == "lora":
+            layers = f", layers {lora['first_layer']}+" if lora.get("first_layer") else ""
+            lora_settings = (f" (LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, "
+                             f"targets {', '.join(lora.get('target_modules') or [])}{layers})")
+        lines.append(f"- fine-tuning: {finetune}{lora_settings}")
         lines.append(f"- trainer: batch {trainer.get('batch_size')}, lr {trainer.get('lr')}, seed "
                      f"{trainer.get('seed')}, k={config.get('k')} samples per prompt")
         lines.append("")
