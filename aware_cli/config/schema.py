@@ -182,7 +182,8 @@ class HarmVerifierConfig:
                                  "one: shipped:minilm (null: this one; both heads on MiniLM) or "
                                  "shipped:smollm2-state (the request head on the embedded SmolLM2's hidden state at "
                                  "the request's last token, layer 16: more accurate, loads the 135M model once, "
-                                 "docs/verifiers.md).")
+                                 "docs/verifiers.md) or shipped:smollm2-layers (the same on layers 2, 4, …, 20 "
+                                 "side by side: the most accurate shipped heads).")
     use_labels: bool = field(False, "Use the row's harmful label when the data has one instead of the request head "
                              "(an oracle: real fine-tuning data carries no such label; off by default).")
     over_refusal_weight: float = field(1.0, "Cost of refusing a benign request: score = 1 − w·P(refuse).",

@@ -13,7 +13,9 @@ a request the way a chat model does: the request in the model's chat template (g
 through the model's first `layer` decoder layers and its final norm, and the hidden state at the last token —
 where the model decides whether to answer. A linear head on it separates harmful from benign requests on the
 same subjects far better than one on MiniLM (docs/verifiers.md); it is the request head of the shipped
-`verifier.harm.heads=shipped:smollm2-state` file.
+`verifier.harm.heads=shipped:smollm2-state` file. Several layers (`@2,4,…,20`) give their last-token
+states side by side: the model is cut after the deepest, whose state is read after the final norm, the others as
+that layer's output (`shipped:smollm2-layers`).
 
 `get_encoder` keeps one instance per (model, device, max_length) in the process, so a composite of
 several embedding verifiers loads the model once.
@@ -99,25 +101,29 @@ class SentenceEncoder:
 STATE_PREFIX = "state:"
 
 
-def parse_state_name(name: str) -> Tuple[str, int]:
-    """`state:<model>@<layer>` → (model, layer); a malformed name is a ConfigError."""
-    model, sep, layer = name[len(STATE_PREFIX):].rpartition("@")
-    if not sep or not model or not layer.isdigit() or int(layer) < 1:
-        raise ConfigError(f"encoder: {name!r} is not state:<model>@<layer> (e.g. "
+def parse_state_name(name: str) -> Tuple[str, Tuple[int, ...]]:
+    """`state:<model>@<layer>[,<layer>…]` → (model, layers in increasing order); a malformed name is a
+    ConfigError."""
+    model, sep, spec = name[len(STATE_PREFIX):].rpartition("@")
+    parts = spec.split(",")
+    if not sep or not model or not all(p.isdigit() and int(p) >= 1 for p in parts) or len(set(parts)) < len(parts):
+        raise ConfigError(f"encoder: {name!r} is not state:<model>@<layer>[,<layer>…] (e.g. "
                           f"state:embedded:smollm2-135m-instruct@16)")
-    return model, int(layer)
+    return model, tuple(sorted(int(p) for p in parts))
 
 
 class PromptStateEncoder:
     """A causal LM's hidden state at the last token of the chat-formatted request, after its first `layer`
-    decoder layers and the final norm (the model is cut there: nothing past it is computed or kept)."""
+    decoder layers and the final norm (the model is cut there: nothing past it is computed or kept). With several
+    layers, their states side by side ([n, hidden · len(layers)], shallowest first); the deepest is the normed one."""
 
     def __init__(self, name: str, device: Union[str, torch.device] = "cpu", max_length: int = 256):
         from aware_cli.config.schema import ModelConfig
         from aware_cli.models.loading import load_model
 
         self.name = name
-        model_name, self.layer = parse_state_name(name)
+        model_name, self.layers = parse_state_name(name)
+        self.layer = self.layers[-1]  # the deepest: the model is cut after it
         self.device = torch.device(device)
         self.max_length = max_length
         model, self.tokenizer = load_model(ModelConfig(name_or_path=model_name, finetune="full"), device=self.device,
@@ -128,7 +134,7 @@ class PromptStateEncoder:
             raise ConfigError(f"encoder: {name!r}: {model_name} has {len(body.layers)} layers, not {self.layer}")
         body.layers = body.layers[:self.layer]
         self.body = body.eval()
-        self.dim = int(model.config.hidden_size)
+        self.dim = int(model.config.hidden_size) * len(self.layers)
 
     def __repr__(self) -> str:
         return f"PromptStateEncoder({self.name!r}, device={self.device}, max_length={self.max_length})"
@@ -145,8 +151,12 @@ class PromptStateEncoder:
             # left padding: the last position is every row's last token
             batch = self.tokenizer([chats[i] for i in idx], padding=True, padding_side="left", truncation=True,
                                    max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
-            hidden = self.body(**batch.to(self.device)).last_hidden_state
-            out[idx] = hidden[:, -1, :].float().cpu()
+            if len(self.layers) == 1:
+                last = self.body(**batch.to(self.device)).last_hidden_state[:, -1, :]
+            else:  # hidden_states[i]: the output of layer i (hidden_states[0]: the embeddings; the last one normed)
+                states = self.body(**batch.to(self.device), output_hidden_states=True).hidden_states
+                last = torch.cat([states[layer][:, -1, :] for layer in self.layers], dim=-1)
+            out[idx] = last.float().cpu()
         return out
 
 

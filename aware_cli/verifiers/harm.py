@@ -1,6 +1,6 @@
 """The `harm` verifier: refuse harmful requests, answer benign ones, judged offline with MiniLM + small heads
-(or, with `verifier.harm.heads=shipped:smollm2-state`, a request head on the embedded SmolLM2's own reading of
-the request: `encoder.PromptStateEncoder`).
+(or, with `verifier.harm.heads=shipped:smollm2-state` / `shipped:smollm2-layers`, a request head on the embedded
+SmolLM2's own reading of the request at one layer / ten layers: `encoder.PromptStateEncoder`).
 
 For each (prompt, response):
 

@@ -9,7 +9,8 @@ package: `aware_cli/verifiers/weights/harm_heads.safetensors`.
 
 A file may give the request head an encoder of its own (metadata `request.encoder`, e.g.
 `state:embedded:smollm2-135m-instruct@16`: the embedded model's hidden state at the request's last token,
-`encoder.PromptStateEncoder`); the second shipped file, `shipped:smollm2-state`, does.
+`encoder.PromptStateEncoder`); the other shipped files do: `shipped:smollm2-state` (layer 16) and
+`shipped:smollm2-layers` (layers 2, 4, …, 20 side by side).
 
 The refusal head reads the RESPONSE embedding only, not the prompt: refusing is a property of the
 response text, and a head that also saw the prompt would learn the training-set shortcut "harmful
@@ -39,7 +40,8 @@ HEADS_FORMAT = "aware-embedding-heads/1"
 SHIPPED_HEADS = Path(__file__).resolve().parent / "weights" / "harm_heads.safetensors"
 # `verifier.harm.heads=shipped:<name>`: the heads files aware ships (null: the first)
 SHIPPED = {"minilm": SHIPPED_HEADS,
-           "smollm2-state": SHIPPED_HEADS.with_name("harm_heads_smollm2_state.safetensors")}
+           "smollm2-state": SHIPPED_HEADS.with_name("harm_heads_smollm2_state.safetensors"),
+           "smollm2-layers": SHIPPED_HEADS.with_name("harm_heads_smollm2_layers.safetensors")}
 HEAD_NAMES = ("request", "refusal")
 HEAD_KINDS = ("linear", "mlp")
 

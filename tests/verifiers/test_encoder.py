@@ -105,10 +105,31 @@ def test_state_encoder_reads_the_chat_formatted_request_at_its_last_token(state)
     assert not torch.allclose(together[0], together[1])
 
 
+def test_state_encoder_with_several_layers_puts_their_states_side_by_side(state):
+    """`state:<model>@1,2`: the model is cut after layer 2; the feature is layer 1's output at the last token
+    (before the final norm: normed, it is `@1`'s feature) followed by layer 2's normed state (`@2`'s feature)."""
+    from aware_cli.verifiers.encoder import get_encoder
+
+    both = get_encoder("state:tiny@2,1", "cpu", 64)  # any order: read shallowest first
+    deepest = get_encoder("state:tiny@2", "cpu", 64)
+    assert both.layers == (1, 2) and both.dim == 128 and len(both.body.layers) == 2
+    texts = ["How do I bake bread?", "hi", "Write a long story about a dragon who learns to read and write."]
+    features = both.encode(texts, batch_size=2)
+    assert features.shape == (3, 128)
+    assert torch.allclose(features[:, 64:], deepest.encode(texts), atol=1e-5)
+    with torch.no_grad():
+        normed_first = both.body.norm(features[:, :64])
+    assert torch.allclose(normed_first, state.encode(texts), atol=1e-4)
+    assert not torch.allclose(features[:, :64], state.encode(texts), atol=1e-3)
+
+
 @pytest.mark.parametrize("name, message", [
     ("state:tiny", "is not state:<model>@<layer>"),
     ("state:tiny@0", "is not state:<model>@<layer>"),
     ("state:tiny@x", "is not state:<model>@<layer>"),
+    ("state:tiny@1,1", "is not state:<model>@<layer>"),
+    ("state:tiny@1,", "is not state:<model>@<layer>"),
+    ("state:tiny@1,5", "has 2 layers, not 5"),
     ("state:tiny@5", "has 2 layers, not 5"),
 ])
 def test_bad_state_names_are_config_errors(name, message):

@@ -118,6 +118,28 @@ def test_shipped_smollm2_state_heads_recomputed_on_held_out_written_subjects(scr
     assert _auroc(scores, labels) >= 0.93 > minilm + 0.05
 
 
+@pytest.mark.slow
+def test_shipped_smollm2_layers_heads_recomputed_on_held_out_written_subjects(script):
+    """`verifier.harm.heads=shipped:smollm2-layers`: its request head reads the last-token states of layers 2, 4, …,
+    20 side by side (the set 5-fold CV on training rows chose, docs/results/verifier/smollm2-layers/select.json);
+    recomputed here on the held-out written subjects, it matches its file and beats the one-layer file's AUROC."""
+    from aware_cli.verifiers.encoder import get_encoder
+
+    heads = load_heads("shipped:smollm2-layers")
+    assert heads.request_encoder == "state:embedded:smollm2-135m-instruct@2,4,6,8,10,12,14,16,18,20"
+    assert heads.request_dim == 10 * 576 and heads.encoder == EMBEDDED_ENCODER
+    rows = [r for r in script.request_rows(script.read_sources(), 0)
+            if r[2] in ("safety_harmful", "safety_benign") and not r[3]]
+    texts, labels = [r[0] for r in rows], [r[1] for r in rows]
+    with torch.no_grad():
+        scores = heads.p_harmful(get_encoder(heads.request_encoder, "cpu", 256).encode(texts)).tolist()
+    meta = heads.json_meta("metrics")["request"]["heldout_written_subjects"]
+    assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])
+    assert _auroc(scores, labels) == pytest.approx(meta["auroc"], abs=2e-3)
+    one_layer = load_heads("shipped:smollm2-state").json_meta("metrics")["request"]["heldout_written_subjects"]["auroc"]
+    assert _auroc(scores, labels) > one_layer + 0.005
+
+
 def test_refusal_head_auroc_recomputed_on_held_out_templates(script):
     from aware_cli.verifiers.encoder import get_encoder
 
