@@ -95,17 +95,11 @@ def test_request_head_auroc_recomputed_on_rows_it_never_saw(script, groups, reco
     assert auroc == pytest.approx(meta["auroc"], abs=2e-3)  # and the file's metadata says what the heads do
 
 
-@pytest.mark.slow
-def test_shipped_smollm2_state_heads_recomputed_on_held_out_written_subjects(script):
-    """`verifier.harm.heads=shipped:smollm2-state`: its request head reads the embedded SmolLM2's state at the
-    request's last token (layer 16); recomputed here on the held-out written subjects (requests on one subject,
-    harmful and benign: the hard case), it separates them better than the MiniLM head and as its file says."""
+def _recomputed_written_auroc(script, heads) -> float:
+    """The request head's AUROC on the held-out written subjects (requests on one subject, harmful and benign: the
+    hard case), recomputed from the data; checked against the same rows and figure in the file's metadata."""
     from aware_cli.verifiers.encoder import get_encoder
-    from aware_cli.verifiers.heads import SHIPPED
 
-    heads = load_heads("shipped:smollm2-state")
-    assert heads.request_encoder == "state:embedded:smollm2-135m-instruct@16" and heads.request_dim == 576
-    assert (heads.encoder, heads.dim) == (EMBEDDED_ENCODER, 384) and SHIPPED["smollm2-state"].stat().st_size < 1_000_000
     rows = [r for r in script.request_rows(script.read_sources(), 0)
             if r[2] in ("safety_harmful", "safety_benign") and not r[3]]
     texts, labels = [r[0] for r in rows], [r[1] for r in rows]
@@ -113,31 +107,35 @@ def test_shipped_smollm2_state_heads_recomputed_on_held_out_written_subjects(scr
         scores = heads.p_harmful(get_encoder(heads.request_encoder, "cpu", 256).encode(texts)).tolist()
     meta = heads.json_meta("metrics")["request"]["heldout_written_subjects"]
     assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])
-    assert _auroc(scores, labels) == pytest.approx(meta["auroc"], abs=2e-3)
+    auroc = _auroc(scores, labels)
+    assert auroc == pytest.approx(meta["auroc"], abs=2e-3)
+    return auroc
+
+
+@pytest.mark.slow
+def test_shipped_smollm2_state_heads_recomputed_on_held_out_written_subjects(script):
+    """`verifier.harm.heads=shipped:smollm2-state`: its request head reads the embedded SmolLM2's state at the
+    request's last token (layer 16); recomputed on the held-out written subjects, it separates them better than the
+    MiniLM head and as its file says."""
+    from aware_cli.verifiers.heads import SHIPPED
+
+    heads = load_heads("shipped:smollm2-state")
+    assert heads.request_encoder == "state:embedded:smollm2-135m-instruct@16" and heads.request_dim == 576
+    assert (heads.encoder, heads.dim) == (EMBEDDED_ENCODER, 384) and SHIPPED["smollm2-state"].stat().st_size < 1_000_000
     minilm = load_heads().json_meta("metrics")["request"]["heldout_written_subjects"]["auroc"]
-    assert _auroc(scores, labels) >= 0.93 > minilm + 0.05
+    assert _recomputed_written_auroc(script, heads) >= 0.93 > minilm + 0.05
 
 
 @pytest.mark.slow
 def test_shipped_smollm2_layers_heads_recomputed_on_held_out_written_subjects(script):
     """`verifier.harm.heads=shipped:smollm2-layers`: its request head reads the last-token states of layers 2, 4, …,
     20 side by side (the set 5-fold CV on training rows chose, docs/results/verifier/smollm2-layers/select.json);
-    recomputed here on the held-out written subjects, it matches its file and beats the one-layer file's AUROC."""
-    from aware_cli.verifiers.encoder import get_encoder
-
+    recomputed on the held-out written subjects, it matches its file and beats the one-layer file."""
     heads = load_heads("shipped:smollm2-layers")
     assert heads.request_encoder == "state:embedded:smollm2-135m-instruct@2,4,6,8,10,12,14,16,18,20"
     assert heads.request_dim == 10 * 576 and heads.encoder == EMBEDDED_ENCODER
-    rows = [r for r in script.request_rows(script.read_sources(), 0)
-            if r[2] in ("safety_harmful", "safety_benign") and not r[3]]
-    texts, labels = [r[0] for r in rows], [r[1] for r in rows]
-    with torch.no_grad():
-        scores = heads.p_harmful(get_encoder(heads.request_encoder, "cpu", 256).encode(texts)).tolist()
-    meta = heads.json_meta("metrics")["request"]["heldout_written_subjects"]
-    assert (sum(labels), len(labels) - sum(labels)) == (meta["n_pos"], meta["n_neg"])
-    assert _auroc(scores, labels) == pytest.approx(meta["auroc"], abs=2e-3)
     one_layer = load_heads("shipped:smollm2-state").json_meta("metrics")["request"]["heldout_written_subjects"]["auroc"]
-    assert _auroc(scores, labels) > one_layer + 0.005
+    assert _recomputed_written_auroc(script, heads) > one_layer + 0.005
 
 
 def test_refusal_head_auroc_recomputed_on_held_out_templates(script):
