@@ -151,12 +151,9 @@ class PromptStateEncoder:
             # left padding: the last position is every row's last token
             batch = self.tokenizer([chats[i] for i in idx], padding=True, padding_side="left", truncation=True,
                                    max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
-            if len(self.layers) == 1:
-                last = self.body(**batch.to(self.device)).last_hidden_state[:, -1, :]
-            else:  # hidden_states[i]: the output of layer i (hidden_states[0]: the embeddings; the last one normed)
-                states = self.body(**batch.to(self.device), output_hidden_states=True).hidden_states
-                last = torch.cat([states[layer][:, -1, :] for layer in self.layers], dim=-1)
-            out[idx] = last.float().cpu()
+            # hidden_states[i]: the output of layer i (0: the embeddings); the last one, layer `self.layer`'s, normed
+            states = self.body(**batch.to(self.device), output_hidden_states=True).hidden_states
+            out[idx] = torch.cat([states[layer][:, -1, :] for layer in self.layers], dim=-1).float().cpu()
         return out
 
 
