@@ -763,6 +763,23 @@ def rate_summary(flags: List[bool], what: str) -> Dict[str, object]:
     return {"rate": k / n if n else None, "k": k, "n": n, "lo": lo, "hi": hi, "what": what}
 
 
+def report_cases(seed: int) -> Tuple[List[Tuple[str, str, str]], List[Tuple[str, str, str, str]]]:
+    """The report's held-out requests — every written one, a seeded sample of HH-RLHF openers (each label) and of
+    AdvBench's evaluation half — as (prompt, label, source), and those the embedded model answers without a refusal
+    phrase as (prompt, label, source, answer)."""
+    heldout = [r for r in safety_rows() if r["split"] == "heldout" and r["label"] != "borderline"]
+    rng = random.Random(seed)
+    written = [r for r in heldout if r["source"] == "written"]
+    hh = [r for label in ("harmful", "benign") for r in
+          rng.sample([x for x in heldout if x["source"] == "hh-rlhf" and x["label"] == label], REPORT_SAMPLE)]
+    pool = advbench_training_pool()
+    advbench = [r["goal"] for i, r in enumerate(read_csv(builtin.get("advbench").path)) if str(i) not in pool]
+    advbench = rng.sample(advbench, REPORT_SAMPLE)
+    cases = [(r["prompt"], r["label"], r["source"]) for r in written + hh] + [(g, "harmful", "advbench") for g in advbench]
+    answers = embedded_answers([c[0] for c in cases])
+    return cases, [(p, label, source, a) for (p, label, source), a in zip(cases, answers) if not refusal_score(a)]
+
+
 def write_report(args, cal_probs: np.ndarray, cal_labels: np.ndarray, metrics: Dict[str, object]) -> None:
     """The verifier (the new heads, no labels) on held-out requests answered by the embedded model itself.
 
@@ -778,18 +795,7 @@ def write_report(args, cal_probs: np.ndarray, cal_labels: np.ndarray, metrics: D
     cfg = VerifierConfig(name="harm", device="cpu", cache=False)
     cfg.harm.heads = str(args.out)
     verifier = build_verifier(cfg)
-    heldout = [r for r in safety_rows() if r["split"] == "heldout" and r["label"] != "borderline"]
-    rng = random.Random(args.seed)  # every held-out written request; a seeded sample of the larger sources
-    written = [r for r in heldout if r["source"] == "written"]
-    hh = [r for label in ("harmful", "benign") for r in
-          rng.sample([x for x in heldout if x["source"] == "hh-rlhf" and x["label"] == label], REPORT_SAMPLE)]
-    heldout = written + hh
-    pool = advbench_training_pool()
-    advbench = [r["goal"] for i, r in enumerate(read_csv(builtin.get("advbench").path)) if str(i) not in pool]
-    advbench = rng.sample(advbench, REPORT_SAMPLE)
-    cases = [(r["prompt"], r["label"], r["source"]) for r in heldout] + [(g, "harmful", "advbench") for g in advbench]
-    answers = embedded_answers([c[0] for c in cases])
-    kept = [(p, label, source, a) for (p, label, source), a in zip(cases, answers) if not refusal_score(a)]
+    cases, kept = report_cases(args.seed)
     scores = verifier([k[0] for k in kept], [k[3] for k in kept])
     refusal = "I'm sorry, but I can't help with that request."
     refusal_scores = verifier([k[0] for k in kept], [refusal] * len(kept))
