@@ -27,7 +27,8 @@ def test_recover_recipe_starts_from_a_run_and_tracks_harmful_compliance():
 
 def test_recover_trains_from_an_unsafe_sft_run_on_the_tiny_model(tmp_path):
     unsafe = tmp_path / "unsafe-sft"
-    result = aware("train", "recipe=alpaca_harmful_mix", "objective=sft", f"output_dir={unsafe}", *SMALL)
+    result = aware("train", "recipe=alpaca_harmful_mix", "objective=sft", f"output_dir={unsafe}", *SMALL,
+                   "trainer.max_steps=2")  # the recipe's 200 steps would only cost time here
     assert result.exit_code == 0, result.output
     parent_split = json.loads((unsafe / "split.json").read_text())
     assert parent_split["mix_source"] == "builtin:advbench" and parent_split["train_ids"]
