@@ -207,6 +207,7 @@ def verify(
     from aware_cli.config import compose
     from aware_cli.config.schema import DataConfig
     from aware_cli.data import Example, load_examples
+    from aware_cli.files import write_atomic
     from aware_cli.pipeline.verify import score_examples
     from aware_cli.verifiers import build_verifier
 
@@ -237,7 +238,7 @@ def verify(
         console.print(f"{len(rows)} rows, mean score {_fmt_score(sum(judged) / len(judged) if judged else None)}, "
                       f"{len(rows) - len(judged)} unjudged")
     if out is not None:
-        out.write_text(json.dumps({"verifier": cfg.name, "scores": rows}, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(out, json.dumps({"verifier": cfg.name, "scores": rows}, indent=2, ensure_ascii=False) + "\n")
         console.print(f"wrote {out}")
 
 
