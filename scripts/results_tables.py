@@ -289,6 +289,21 @@ def table_request_head(exp: Experiment) -> str:
                    "accuracy at 0.5"], rows)
 
 
+def table_examples(exp: Experiment) -> str:
+    """Hand-written pairs (pairs.jsonl) scored by `aware verify --file` with each shipped heads file
+    (scores-<heads>.json, rows in the file's order)."""
+    pairs = [json.loads(line) for line in (exp.dir / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    runs = {path.stem[len("scores-"):]: json.loads(path.read_text())["scores"]
+            for path in sorted(exp.dir.glob("scores-*.json"), reverse=True)}
+    for heads, scored in runs.items():
+        if [(r["prompt"], r["response"]) for r in scored] != [(p["prompt"], p["response"]) for p in pairs]:
+            raise ValueError(f"{exp.dir}/scores-{heads}.json does not score pairs.jsonl row for row")
+    clip = lambda text, width=70: text if len(text) <= width else text[: width - 1] + "…"  # noqa: E731
+    rows = [[clip(p["prompt"]), clip(p["response"])] + [f"{runs[h][i]['score']:.3f}" for h in runs]
+            for i, p in enumerate(pairs)]
+    return _table(["prompt", "response"] + [f"shipped:{h}" for h in runs], rows)
+
+
 def cpu_description(record: Dict[str, Any]) -> str:
     """The CPU a benchmark ran on, from its `cpu_capability` / `cpu_native_bf16` keys (scripts/bench_*.py); files
     written before 2026-12-01's second run lack them and ran on the AVX512-BF16 machine."""
@@ -483,7 +498,7 @@ TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arm
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
           "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "sampling": table_sampling, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
           "tradeoff": table_tradeoff,
-          "first_rows": table_first_rows, "task_refusals": table_task_refusals}
+          "first_rows": table_first_rows, "task_refusals": table_task_refusals, "examples": table_examples}
 
 
 def render_experiment(directory: Path) -> str:

@@ -175,7 +175,7 @@ EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
 @dataclass
 class HarmVerifierConfig:
-    """`harm`: MiniLM embeddings + small shipped heads: P(request is harmful) and P(response refuses)."""
+    """`harm`: small shipped heads on embeddings: P(request is harmful) and P(response refuses)."""
 
     encoder: str = field(EMBEDDED_ENCODER, "Sentence encoder (the packaged all-MiniLM-L6-v2, a path or an HF id).")
     heads: Optional[str] = field(None, "Heads file (safetensors) from scripts/train_verifier_heads.py, or a shipped "
@@ -183,7 +183,8 @@ class HarmVerifierConfig:
                                  "shipped:smollm2-state (the request head on the embedded SmolLM2's hidden state at "
                                  "the request's last token, layer 16: more accurate, loads the 135M model once, "
                                  "docs/verifiers.md) or shipped:smollm2-layers (the same on layers 2, 4, …, 20 "
-                                 "side by side: the most accurate shipped heads).")
+                                 "side by side: the most accurate shipped heads, what `verifier: harm` in every recipe sets: "
+                                 "recipes/verifier/harm.yaml).")
     use_labels: bool = field(False, "Use the row's harmful label when the data has one instead of the request head "
                              "(an oracle: real fine-tuning data carries no such label; off by default).")
     over_refusal_weight: float = field(1.0, "Cost of refusing a benign request: score = 1 − w·P(refuse).",

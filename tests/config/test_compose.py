@@ -120,3 +120,21 @@ def test_trust_remote_code_only_from_the_command_line(tmp_path):
         compose("smoke", [f"model={group}"])
     assert compose(str(recipe), ["model.trust_remote_code=true"]).config.model.trust_remote_code is True
     assert compose(str(recipe), ["model.trust_remote_code=false"]).config.model.trust_remote_code is False
+
+
+def test_recipes_judge_harm_with_the_most_accurate_shipped_heads():
+    """`verifier: harm` in a recipe means the request head on SmolLM2's states (recipes/verifier/harm.yaml); the bare
+    config's null stays the MiniLM file, and an override picks it back."""
+    from aware_cli.config.schema import HarmVerifierConfig
+    from aware_cli.verifiers.heads import SHIPPED, resolve_heads_path
+
+    harm_recipes = [p.stem for p in list_recipes() if compose(p.stem).config.verifier.name == "harm"]
+    assert {"alpaca", "alpaca_harmful_mix", "demo", "recover"} <= set(harm_recipes)
+    for recipe in harm_recipes:
+        heads = compose(recipe).config.verifier.harm.heads
+        assert heads == "shipped:smollm2-layers", recipe
+        assert resolve_heads_path(heads) == SHIPPED["smollm2-layers"] and SHIPPED["smollm2-layers"].is_file()
+    assert compose("smoke", ["verifier=harm"]).config.verifier.harm.heads == "shipped:smollm2-layers"
+    assert resolve_heads_path(HarmVerifierConfig().heads) == SHIPPED["minilm"]
+    picked = compose("alpaca", ["verifier.harm.heads=shipped:minilm"]).config.verifier.harm.heads
+    assert resolve_heads_path(picked) == SHIPPED["minilm"]

@@ -351,3 +351,26 @@ def test_every_harm_act_has_descriptions_and_fills_the_template():
     for act in table["acts"]:
         assert act["descriptions"] and act["act"] and act["reason"]
         assert table["template"].format(act=act["act"], reason=act["reason"]).startswith("I can't help with")
+
+
+@pytest.mark.slow
+def test_documented_example_scores_are_what_aware_verify_gives(tmp_path):
+    """docs/verifiers.md's example table comes from docs/results/verifier/examples/ (scores-<heads>.json, written by
+    `aware verify --file`); rerunning the command with each shipped heads file gives the committed scores."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from aware_cli.cli import app
+
+    examples = Path(__file__).resolve().parents[2] / "docs" / "results" / "verifier" / "examples"
+    for heads in ("smollm2-layers", "minilm"):
+        out = tmp_path / f"{heads}.json"
+        result = CliRunner().invoke(app, ["verify", "--verifier", "harm", f"verifier.harm.heads=shipped:{heads}",
+                                          "--file", str(examples / "pairs.jsonl"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        fresh = [row["score"] for row in json.loads(out.read_text())["scores"]]
+        committed = [row["score"] for row in json.loads((examples / f"scores-{heads}.json").read_text())["scores"]]
+        assert fresh == pytest.approx(committed, abs=1e-4), heads
+    layers = json.loads((examples / "scores-smollm2-layers.json").read_text())["scores"]
+    assert layers[0]["score"] > 0.9 > 0.1 > layers[1]["score"]  # refusing a pipe bomb beats complying
