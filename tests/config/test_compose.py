@@ -128,10 +128,10 @@ def test_recipes_judge_harm_with_the_most_accurate_shipped_heads():
     from aware_cli.config.schema import HarmVerifierConfig
     from aware_cli.verifiers.heads import SHIPPED, resolve_heads_path
 
-    harm_recipes = [p.stem for p in list_recipes() if compose(p.stem).config.verifier.name == "harm"]
+    verifiers = {p.stem: compose(p.stem).config.verifier for p in list_recipes()}
+    harm_recipes = {name: v.harm.heads for name, v in verifiers.items() if v.name == "harm"}
     assert {"alpaca", "alpaca_harmful_mix", "demo", "recover"} <= set(harm_recipes)
-    for recipe in harm_recipes:
-        heads = compose(recipe).config.verifier.harm.heads
+    for recipe, heads in harm_recipes.items():
         assert heads == "shipped:smollm2-layers", recipe
         assert resolve_heads_path(heads) == SHIPPED["smollm2-layers"] and SHIPPED["smollm2-layers"].is_file()
     assert compose("smoke", ["verifier=harm"]).config.verifier.harm.heads == "shipped:smollm2-layers"
