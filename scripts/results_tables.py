@@ -555,4 +555,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `--show EXP | head`: the reader left; no traceback
+        sys.stderr.close()
+        sys.exit(1)
