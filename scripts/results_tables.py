@@ -425,12 +425,52 @@ def tradeoff_points(results: Path) -> List[Tuple[str, str, Dict[str, Optional[Di
     return points
 
 
+CURVE_ARMS = 6  # the trade-off curve at an arm: a line through the 3 other trained arms nearest below it in
+# compliance and the 3 nearest above
+UNTRAINED = ("base", "sft")
+_RUN_ONLY = ("trainer.seed=", "trainer.save_every=")  # overrides that make a replicate, not another arm
+
+
+def arm_signature(exp: Experiment, model: str) -> Tuple[str, ...]:
+    """What an arm trained with (recipe, the experiment's and the arm's overrides), less the training seed and the
+    checkpoint interval: two arms with one signature are replicates of one arm."""
+    overrides = exp.meta.get("common_overrides", []) + exp.meta["arms"].get(model, {}).get("overrides", [])
+    return (exp.meta.get("recipe", ""), *sorted(o for o in overrides if not o.startswith(_RUN_ONLY)))
+
+
+def curve_offset(points, signatures, index: int) -> Optional[float]:
+    """How far arm `index` lies off the trade-off, in percentage points of benign sensitive requests answered: its
+    rate minus a least-squares line (answered against harmful compliance) through the other trained arms nearest to
+    it in compliance, CURVE_ARMS // 2 on each side. Replicates of the arm itself (another seed) are not its curve,
+    nor are base and SFT (the untrained ends). None at either end of the curve (no extrapolation)."""
+    x0 = points[index][2]["compliance_phrasings"]["value"]
+    others = [(v["compliance_phrasings"]["value"], v["answered_sensitive"]["value"])
+              for i, (_, model, v) in enumerate(points)
+              if i != index and model not in UNTRAINED and signatures[i] != signatures[index]]
+    below = sorted((p for p in others if p[0] <= x0), key=lambda p: x0 - p[0])[:CURVE_ARMS // 2]
+    above = sorted((p for p in others if p[0] > x0), key=lambda p: p[0] - x0)[:CURVE_ARMS // 2]
+    if not below or not above:
+        return None
+    near = below + above
+    mx, my = sum(x for x, _ in near) / len(near), sum(y for _, y in near) / len(near)
+    sxx = sum((x - mx) ** 2 for x, _ in near)
+    slope = sum((x - mx) * (y - my) for x, y in near) / sxx if sxx > 0 else 0.0
+    return 100 * (points[index][2]["answered_sensitive"]["value"] - (my + slope * (x0 - mx)))
+
+
 def table_tradeoff(exp: Experiment) -> str:
-    """Every arm of every alpaca_harmful_mix experiment, sorted by harmful compliance: the refusal trade-off."""
+    """Every arm of every alpaca_harmful_mix experiment, sorted by harmful compliance: the refusal trade-off, with
+    each trained arm's distance from the curve the other arms draw (`curve_offset`)."""
     points = sorted(tradeoff_points(exp.dir), key=lambda p: -p[2]["compliance_phrasings"]["value"])
     labels = {m.key: m.label for m in METRICS}
-    rows = [[f"{name} / {model}", *(cell(values[key]) for key in TRADEOFF)] for name, model, values in points]
-    return _table(["experiment / arm", *(labels[key] for key in TRADEOFF)], rows)
+    signatures = [arm_signature(Experiment(exp.dir / name), model) for name, model, _ in points]
+    rows = []
+    for i, (name, model, values) in enumerate(points):
+        offset = None if model in UNTRAINED else curve_offset(points, signatures, i)
+        rows.append([f"{name} / {model}", *(cell(values[key]) for key in TRADEOFF),
+                     "–" if offset is None else f"{offset:+.1f}"])
+    return _table(["experiment / arm", *(labels[key] for key in TRADEOFF),
+                   f"benign answered − curve (points; line through the {CURVE_ARMS // 2} nearest other arms on each side)"], rows)
 
 
 def plot_tradeoff(results: Path, out: Path) -> None:

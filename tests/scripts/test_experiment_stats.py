@@ -129,3 +129,34 @@ def test_tradeoff_collects_every_graded_arm_and_draws_it(tmp_path):
     out = tmp_path / "tradeoff.png"
     tables.plot_tradeoff(tables.RESULTS, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _point(name, model, compliance, answered):
+    return (name, model, {"compliance_phrasings": {"value": compliance}, "answered_sensitive": {"value": answered}})
+
+
+def test_curve_offset_is_the_distance_from_a_line_through_the_neighbours_on_both_sides():
+    # six arms on the line answered = 0.5 + 0.5·compliance, one arm 0.08 above it at 0.45, one replicate of it
+    on_line = [_point(f"e{i}", "arm", x, 0.5 + 0.5 * x) for i, x in enumerate([0.2, 0.3, 0.4, 0.5, 0.6, 0.7])]
+    points = on_line + [_point("x", "arm", 0.45, 0.5 + 0.5 * 0.45 + 0.08), _point("x-seed1", "arm", 0.47, 0.99),
+                        _point("m", "base", 0.46, 0.0)]
+    signatures = [(f"sig{i}",) for i in range(6)] + [("x",), ("x",), ("base",)]
+    assert tables.curve_offset(points, signatures, 6) == pytest.approx(8.0)  # replicate and base left out
+    with_replicate = signatures[:7] + [("other",), ("base",)]  # not a replicate: its 0.99 now pulls the line up
+    assert tables.curve_offset(points, with_replicate, 6) < 8.0
+    assert tables.curve_offset(points, signatures, 0) is None  # the lowest arm: nothing below it, no extrapolation
+    assert tables.curve_offset(points, signatures, 5) is None  # the highest: nothing above
+
+
+def test_a_seed_replicate_has_the_signature_of_its_arm(tmp_path):
+    def experiment(name, common, arm_overrides):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "experiment.json").write_text(json.dumps(
+            {"recipe": "r", "models": {"a": "p"}, "common_overrides": common, "arms": {"a": {"overrides": arm_overrides}}}))
+        return tables.Experiment(directory)
+
+    zero = experiment("zero", ["trainer.max_steps=100", "trainer.save_every=25"], ["objective=aware", "k=4"])
+    one = experiment("one", ["trainer.seed=1", "trainer.max_steps=100", "trainer.save_every=10"], ["k=4", "objective=aware"])
+    other = experiment("other", ["trainer.seed=1", "trainer.max_steps=200"], ["k=4", "objective=aware"])
+    assert tables.arm_signature(zero, "a") == tables.arm_signature(one, "a") != tables.arm_signature(other, "a")
