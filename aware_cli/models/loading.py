@@ -160,7 +160,10 @@ def _locate(name_or_path: str, gguf_file: Optional[str], *, key: str, need_weigh
     if name_or_path.startswith(EMBEDDED_PREFIX):
         name = name_or_path[len(EMBEDDED_PREFIX):]
         # The tokenizer-only export takes ~4 s the first time, the full model ~25 s.
-        return _Location(str(embedded_model_dir(name) if need_weights else embedded_tokenizer_dir(name)), key)
+        try:
+            return _Location(str(embedded_model_dir(name) if need_weights else embedded_tokenizer_dir(name)), key)
+        except ModelError as err:  # e.g. model.tokenizer=embedded:… names that key, not model.name_or_path
+            raise ModelError(err.detail, key=key) from err
     if name_or_path == TINY:  # tiny's weights are built in code; it borrows the embedded tokenizer
         return _Location(str(embedded_tokenizer_dir()), key)
     path = Path(name_or_path).expanduser()

@@ -233,8 +233,8 @@ class RefusalModel:
 
         try:
             encoder = get_encoder(name, verifier_device(self.device_name), self.max_length)
-        except ModelError as err:  # name the verifier key that asked for the model, not model.name_or_path
-            raise ModelError(f"{key} needs encoder {name!r}: {str(err).removeprefix('model.name_or_path: ')}") from err
+        except ModelError as err:  # name the verifier key that asked for the model, not the one the loader blames
+            raise ModelError(f"needs encoder {name!r}: {err.detail}", key=key) from err
         if dim and encoder.dim != dim:
             raise ConfigError(f"{key}: {name!r} gives {encoder.dim}-d embeddings but the heads in "
                               f"{self.heads.path} were trained on {dim}-d ones")

