@@ -432,8 +432,9 @@ _RUN_ONLY = ("trainer.seed=", "trainer.save_every=")  # overrides that make a re
 
 
 def arm_signature(exp: Experiment, model: str) -> Tuple[str, ...]:
-    """What an arm trained with (recipe, the experiment's and the arm's overrides), less the training seed and the
-    checkpoint interval: two arms with one signature are replicates of one arm."""
+    """What an arm was asked to train with (recipe, the experiment's and the arm's overrides), less the training
+    seed and the checkpoint interval: two arms with one signature are replicates of one arm (another seed, or the
+    same overrides under a later recipe default, e.g. the verifier heads), and neither draws the other's curve."""
     overrides = exp.meta.get("common_overrides", []) + exp.meta["arms"].get(model, {}).get("overrides", [])
     return (exp.meta.get("recipe", ""), *sorted(o for o in overrides if not o.startswith(_RUN_ONLY)))
 
