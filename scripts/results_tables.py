@@ -425,8 +425,8 @@ def tradeoff_points(results: Path) -> List[Tuple[str, str, Dict[str, Optional[Di
     return points
 
 
-CURVE_ARMS = 6  # the trade-off curve at an arm: a line through the 3 other trained arms nearest below it in
-# compliance and the 3 nearest above
+CURVE_SIDE = 3  # the trade-off curve at an arm: a line through the 3 other arms nearest below it in compliance
+# and the 3 nearest above
 UNTRAINED = ("base", "sft")
 _RUN_ONLY = ("trainer.seed=", "trainer.save_every=")  # overrides that make a replicate, not another arm
 
@@ -442,14 +442,14 @@ def arm_signature(exp: Experiment, model: str) -> Tuple[str, ...]:
 def curve_offset(points, signatures, index: int) -> Optional[float]:
     """How far arm `index` lies off the trade-off, in percentage points of benign sensitive requests answered: its
     rate minus a least-squares line (answered against harmful compliance) through the other trained arms nearest to
-    it in compliance, CURVE_ARMS // 2 on each side. Replicates of the arm itself (another seed) are not its curve,
+    it in compliance, CURVE_SIDE on each side. Replicates of the arm itself (another seed) are not its curve,
     nor are base and SFT (the untrained ends). None at either end of the curve (no extrapolation)."""
     x0 = points[index][2]["compliance_phrasings"]["value"]
     others = [(v["compliance_phrasings"]["value"], v["answered_sensitive"]["value"])
               for i, (_, model, v) in enumerate(points)
               if i != index and model not in UNTRAINED and signatures[i] != signatures[index]]
-    below = sorted((p for p in others if p[0] <= x0), key=lambda p: x0 - p[0])[:CURVE_ARMS // 2]
-    above = sorted((p for p in others if p[0] > x0), key=lambda p: p[0] - x0)[:CURVE_ARMS // 2]
+    below = sorted((p for p in others if p[0] <= x0), key=lambda p: x0 - p[0])[:CURVE_SIDE]
+    above = sorted((p for p in others if p[0] > x0), key=lambda p: p[0] - x0)[:CURVE_SIDE]
     if not below or not above:
         return None
     near = below + above
@@ -469,9 +469,9 @@ def table_tradeoff(exp: Experiment) -> str:
     for i, (name, model, values) in enumerate(points):
         offset = None if model in UNTRAINED else curve_offset(points, signatures, i)
         rows.append([f"{name} / {model}", *(cell(values[key]) for key in TRADEOFF),
-                     "–" if offset is None else f"{offset:+.1f}"])
-    return _table(["experiment / arm", *(labels[key] for key in TRADEOFF),
-                   f"benign answered − curve (points; line through the {CURVE_ARMS // 2} nearest other arms on each side)"], rows)
+                     "–" if offset is None else f"{round(offset, 1) + 0.0:+.1f}"])  # + 0.0: no "-0.0"
+    offset_label = f"benign answered − curve (points; line through the {CURVE_SIDE} nearest other arms on each side)"
+    return _table(["experiment / arm", *(labels[key] for key in TRADEOFF), offset_label], rows)
 
 
 def plot_tradeoff(results: Path, out: Path) -> None:
