@@ -464,7 +464,8 @@ def table_tradeoff(exp: Experiment) -> str:
     each trained arm's distance from the curve the other arms draw (`curve_offset`)."""
     points = sorted(tradeoff_points(exp.dir), key=lambda p: -p[2]["compliance_phrasings"]["value"])
     labels = {m.key: m.label for m in METRICS}
-    signatures = [arm_signature(Experiment(exp.dir / name), model) for name, model, _ in points]
+    experiments = {name: Experiment(exp.dir / name) for name in dict.fromkeys(name for name, _, _ in points)}
+    signatures = [arm_signature(experiments[name], model) for name, model, _ in points]
     rows = []
     for i, (name, model, values) in enumerate(points):
         offset = None if model in UNTRAINED else curve_offset(points, signatures, i)
