@@ -14,6 +14,10 @@ class AwareError(Exception):
         self.key, self.detail = key, message
         super().__init__(f"{key}: {message}" if key else message)
 
+    def with_key(self, key: str, context: str = "") -> "AwareError":
+        """The same kind of error blaming `key` instead, `context` put before the detail (raise it `from` self)."""
+        return type(self)(context + self.detail, key=key)
+
 
 class ConfigError(AwareError):
     """A config key is unknown, mistyped or out of range."""

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aware_cli.config.schema import BertScoreConfig, EvalRunConfig
 from aware_cli.data import Example, build_prompt_ids, load_examples
-from aware_cli.errors import DataError
+from aware_cli.errors import AwareError, DataError
 from aware_cli.extras import require
 from aware_cli.eval.metrics import HEADLINE, SUITE_METRICS, JudgedRow, task_quality
 from aware_cli.models.trained import load_for_eval
@@ -111,7 +111,10 @@ def bertscore_scorer(cfg: BertScoreConfig, device: torch.device):
     from aware_cli.verifiers.encoder import resolve_encoder_path
 
     require("bert_score", "eval", "BERTScore (set bertscore.enabled=false to skip it)")
-    model_type = resolve_encoder_path(cfg.model)
+    try:
+        model_type = resolve_encoder_path(cfg.model)
+    except AwareError as err:
+        raise err.with_key("bertscore.model") from err
     num_layers = cfg.num_layers or (6 if "minilm" in model_type.lower() else None)
 
     def score(predictions: List[str], references: List[str]) -> List[float]:

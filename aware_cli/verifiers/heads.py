@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from aware_cli.errors import ConfigError, ModelError
+from aware_cli.errors import AwareError, ConfigError
 
 HEADS_FORMAT = "aware-embedding-heads/1"
 SHIPPED_HEADS = Path(__file__).resolve().parent / "weights" / "harm_heads.safetensors"
@@ -233,8 +233,8 @@ class RefusalModel:
 
         try:
             encoder = get_encoder(name, verifier_device(self.device_name), self.max_length)
-        except ModelError as err:  # name the verifier key that asked for the model, not the one the loader blames
-            raise ModelError(f"needs encoder {name!r}: {err.detail}", key=key) from err
+        except AwareError as err:  # name the verifier key that asked for the model, not the one the loader blames
+            raise err.with_key(key, f"needs encoder {name!r}: ") from err
         if dim and encoder.dim != dim:
             raise ConfigError(f"{key}: {name!r} gives {encoder.dim}-d embeddings but the heads in "
                               f"{self.heads.path} were trained on {dim}-d ones")

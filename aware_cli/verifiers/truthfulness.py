@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from aware_cli.config.schema import VerifierConfig
-from aware_cli.errors import ConfigError
+from aware_cli.errors import AwareError, ConfigError
 from aware_cli.verifiers.base import Verifier, register_block, register_verifier, verifier_device
 from aware_cli.verifiers.fingerprint import block_payload
 
@@ -72,8 +72,11 @@ class _EmbeddingSimilarity:
         texts = list(dict.fromkeys([r for r in responses if r.strip()] +
                                    [a for sets in answer_sets for answers in sets for a in answers]))
         index = {t: k for k, t in enumerate(texts)}
-        emb = (get_encoder(self.name, verifier_device(self.device)).encode(texts, batch_size=self.batch_size)
-               if texts else torch.zeros(0, 1))
+        try:
+            encoder = get_encoder(self.name, verifier_device(self.device))
+        except AwareError as err:  # blame the key that named this encoder
+            raise err.with_key("verifier.truthfulness.encoder") from err
+        emb = encoder.encode(texts, batch_size=self.batch_size) if texts else torch.zeros(0, 1)
         return _best_per_set(responses, answer_sets,
                              lambda response, answers: float((emb[[index[a] for a in answers]] @ emb[index[response]]).max()))
 

@@ -137,3 +137,23 @@ def test_bad_state_names_are_config_errors(name, message):
 
     with pytest.raises(ConfigError, match=message):
         PromptStateEncoder(name)
+
+
+def test_an_encoder_error_names_the_key_that_asked_for_the_encoder():
+    """resolve_encoder_path only knows it is an encoder; each caller re-keys the error with its own config key."""
+    from aware_cli.config.schema import BertScoreConfig, VerifierConfig
+    from aware_cli.eval.runner import bertscore_scorer
+    from aware_cli.verifiers import build_verifier
+
+    with pytest.raises(ConfigError, match=r"^encoder: unknown embedded encoder 'embedded:ghost'"):
+        resolve_encoder_path("embedded:ghost")
+    harm = VerifierConfig(name="harm", device="cpu")
+    harm.harm.encoder = "embedded:ghost"
+    with pytest.raises(ConfigError, match=r"^verifier\.harm\.encoder: needs encoder 'embedded:ghost': unknown embedded"):
+        build_verifier(harm).refusal_model.p_refuse(["I can't help with that."])
+    truth = VerifierConfig(name="truthfulness", device="cpu")
+    truth.truthfulness.encoder = "embedded:ghost"
+    with pytest.raises(ConfigError, match=r"^verifier\.truthfulness\.encoder: unknown embedded encoder"):
+        build_verifier(truth)(["q"], ["Paris"], references=["Paris"], metas=[{}])
+    with pytest.raises(ConfigError, match=r"^bertscore\.model: unknown embedded encoder"):
+        bertscore_scorer(BertScoreConfig(model="embedded:ghost"), torch.device("cpu"))
