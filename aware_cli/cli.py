@@ -230,9 +230,11 @@ def verify(
     if file is None:
         console.print(f"score: {_fmt_score(scores[0])} ({cfg.name})")
     else:
+        from aware_cli.logs import clip
+
         table = Table("id", "prompt", "response", "score", title=f"{cfg.name} verifier")
         for row in rows:
-            table.add_row(row["id"], _clip(row["prompt"]), _clip(row["response"]), _fmt_score(row["score"]))
+            table.add_row(row["id"], clip(row["prompt"]), clip(row["response"]), _fmt_score(row["score"]))
         console.print(table)
         judged = [s for s in scores if s is not None]
         console.print(f"{len(rows)} rows, mean score {_fmt_score(sum(judged) / len(judged) if judged else None)}, "
@@ -245,11 +247,6 @@ def verify(
 
 def _fmt_score(score: Optional[float]) -> str:
     return "None" if score is None else f"{score:.3f}"
-
-
-def _clip(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @app.command("eval", context_settings=EXTRA_ARGS)

@@ -68,3 +68,9 @@ def route_libraries() -> None:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
         logger.propagate = True
+
+
+def clip(text: str, width: int = 60) -> str:
+    """`text` on one line (whitespace runs collapsed), cut to `width` characters with a trailing "…"."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

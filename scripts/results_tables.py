@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aware_cli.eval.stats import paired_difference, ratio_interval, summarize  # noqa: E402
+from aware_cli.logs import clip  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
@@ -298,8 +299,7 @@ def table_examples(exp: Experiment) -> str:
     for heads, scored in runs.items():
         if [(r["prompt"], r["response"]) for r in scored] != [(p["prompt"], p["response"]) for p in pairs]:
             raise ValueError(f"{exp.dir}/scores-{heads}.json does not score pairs.jsonl row for row")
-    clip = lambda text, width=70: text if len(text) <= width else text[: width - 1] + "…"  # noqa: E731
-    rows = [[clip(p["prompt"]), clip(p["response"])] + [f"{runs[h][i]['score']:.3f}" for h in runs]
+    rows = [[clip(p["prompt"], 70), clip(p["response"], 70)] + [f"{runs[h][i]['score']:.3f}" for h in runs]
             for i, p in enumerate(pairs)]
     return _table(["prompt", "response"] + [f"shipped:{h}" for h in runs], rows)
 

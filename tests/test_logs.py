@@ -51,3 +51,11 @@ def test_only_rank_zero_logs_below_error(monkeypatch):
     setup_logging("warning")
     with pytest.raises(ValueError):
         setup_logging("loud")
+
+
+def test_clip_puts_text_on_one_line_within_the_width():
+    from aware_cli.logs import clip
+
+    assert clip("a  b\n c") == "a b c"
+    assert clip("x" * 10, 10) == "x" * 10
+    assert clip("x" * 11, 10) == "x" * 9 + "…" and len(clip("y " * 100, 70)) == 70
