@@ -15,8 +15,13 @@ class AwareError(Exception):
         super().__init__(f"{key}: {message}" if key else message)
 
     def with_key(self, key: str, context: str = "") -> "AwareError":
-        """The same kind of error blaming `key` instead, `context` put before the detail (raise it `from` self)."""
-        return type(self)(context + self.detail, key=key)
+        """The same kind of error (class and attributes such as `exit_code` kept) blaming `key` instead, `context`
+        put before the detail; raise it `from` self."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.key, other.detail = key, context + getattr(self, "detail", str(self))
+        Exception.__init__(other, f"{key}: {other.detail}")
+        return other
 
 
 class ConfigError(AwareError):

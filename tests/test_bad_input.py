@@ -65,3 +65,14 @@ def test_output_dir_of_another_run_is_left_untouched(tmp_path, in_project_root):
     assert result.exit_code == 2 and "holds another run" in result.stderr
     assert (out / "config.yaml").read_text() == "k: 4\n"
     assert (out / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
+
+
+def test_with_key_keeps_the_error_class_and_its_attributes():
+    from aware_cli.errors import ModelError
+    from aware_cli.pipeline.parallel.distributed import PeerFailed
+
+    err = ModelError("cannot load 'x'", key="model.name_or_path").with_key("verifier.harm.heads", "needs encoder 'x': ")
+    assert type(err) is ModelError and err.key == "verifier.harm.heads" and err.exit_code == 2
+    assert str(err) == "verifier.harm.heads: needs encoder 'x': cannot load 'x'"
+    peer = PeerFailed("rank 1 failed", 3).with_key("trainer.nproc")  # a subclass with its own constructor
+    assert type(peer) is PeerFailed and peer.exit_code == 3 and str(peer) == "trainer.nproc: rank 1 failed"
