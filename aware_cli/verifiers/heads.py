@@ -236,8 +236,8 @@ class RefusalModel:
         except AwareError as err:  # name the verifier key that asked for the model, not the one the loader blames
             raise err.with_key(key, f"needs encoder {name!r}: ") from err
         if dim and encoder.dim != dim:
-            raise ConfigError(f"{key}: {name!r} gives {encoder.dim}-d embeddings but the heads in "
-                              f"{self.heads.path} were trained on {dim}-d ones")
+            raise ConfigError(f"{name!r} gives {encoder.dim}-d embeddings but the heads in "
+                              f"{self.heads.path} were trained on {dim}-d ones", key=key)
         return encoder
 
     def embed(self, texts: Sequence[str], batch_size: int = 64, encoder=None) -> torch.Tensor:

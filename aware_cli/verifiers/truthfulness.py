@@ -64,19 +64,21 @@ class _EmbeddingSimilarity:
         self.device = cfg.device
         self.batch_size = cfg.batch_size
 
+    def _encoder(self):
+        from aware_cli.verifiers.encoder import get_encoder
+
+        try:
+            return get_encoder(self.name, verifier_device(self.device))
+        except AwareError as err:  # blame the key that named this encoder
+            raise err.with_key("verifier.truthfulness.encoder") from err
+
     def best(self, responses: Sequence[str],
              answer_sets: Sequence[Sequence[Sequence[str]]]) -> List[List[Optional[float]]]:
         """For each response r and each of its answer lists, max cosine(r, answer) (None for an empty list)."""
-        from aware_cli.verifiers.encoder import get_encoder
-
         texts = list(dict.fromkeys([r for r in responses if r.strip()] +
                                    [a for sets in answer_sets for answers in sets for a in answers]))
         index = {t: k for k, t in enumerate(texts)}
-        try:
-            encoder = get_encoder(self.name, verifier_device(self.device))
-        except AwareError as err:  # blame the key that named this encoder
-            raise err.with_key("verifier.truthfulness.encoder") from err
-        emb = encoder.encode(texts, batch_size=self.batch_size) if texts else torch.zeros(0, 1)
+        emb = self._encoder().encode(texts, batch_size=self.batch_size) if texts else torch.zeros(0, 1)
         return _best_per_set(responses, answer_sets,
                              lambda response, answers: float((emb[[index[a] for a in answers]] @ emb[index[response]]).max()))
 
