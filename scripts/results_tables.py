@@ -8,7 +8,8 @@ committed artifacts under docs/results/<experiment>/ and docs/bench/.
 
 A generated block in a markdown page is delimited by
     <!-- results:EXPERIMENT:TABLE -->  …  <!-- /results -->
-and TABLE is one of: main, paired, goals, arms, forms, topics, xstest_types, verifier. Every number is recomputed
+and TABLE is a key of TABLES below (main, paired, goals, …; EXPERIMENT `all` for the tables across experiments,
+`bench` for docs/bench/). Every number is recomputed
 here from the per-prompt files (responses/<model>/<suite>.jsonl.gz) or read from experiment.json /
 verifier.json; nothing in a block is written by hand.
 """
@@ -475,6 +476,45 @@ def table_tradeoff(exp: Experiment) -> str:
     return _table(["experiment / arm", *(labels[key] for key in TRADEOFF), offset_label], rows)
 
 
+# README's "Choosing the safety settings": settings a user can pick, each measured by one or more arms (experiment,
+# arm) that share one signature (replicates: other seeds, a later recipe default)
+SETTINGS = [
+    ("the recipe as shipped", [("ahm-main", "aware")]),
+    ("anchors in same-subject pairs + the over-refusal term, more steps at a lower rate",
+     [("ahm-paired-or-long", "aware-paired-or-100steps"), ("ahm-paired-or-long-seed1", "aware-paired-or-100steps-seed1"),
+      ("ahm-paired-or-long-seed2", "aware-paired-or-100steps-seed2"),
+      ("ahm-paired-or-long-layers", "aware-paired-or-100steps-layers")]),
+    ("anchors alone", [("ahm-main", "aware-anchors")]),
+]
+_SETTING_KEYS = ("trainer.max_steps=", "trainer.lr=")  # the experiment-wide overrides a user sets too
+
+
+def table_settings(exp: Experiment) -> str:
+    """SETTINGS as a table: the overrides (from experiment.json) and each rate, one arm's value and interval or the
+    range of its replicates' values."""
+    metrics = {m.key: m for m in METRICS if m.key in TRADEOFF[:3]}
+    rows = []
+    for label, arms in SETTINGS:
+        runs = [(Experiment(exp.dir / name), model) for name, model in arms]
+        signatures = {arm_signature(e, model) for e, model in runs}
+        if len(signatures) != 1:
+            raise ValueError(f"setting {label!r}: its arms were trained with different overrides: {signatures}")
+        first, model = runs[0]
+        overrides = [o for o in first.meta.get("common_overrides", []) if o.startswith(_SETTING_KEYS)]
+        overrides += [o for o in first.meta["arms"][model]["overrides"] if o != "objective=aware"]
+        cells = []
+        for key, metric in metrics.items():
+            values = [e.summary(m, metric) for e, m in runs]
+            if len(values) == 1:
+                cells.append(cell(values[0]))
+            else:
+                points = [v["value"] for v in values]
+                cells.append(f"{min(points):.1%}–{max(points):.1%} ({len(points)} runs)")
+        rows.append([label, "`" + " ".join(overrides) + "`", ", ".join(f"{e.dir.name} / {m}" for e, m in runs), *cells])
+    return _table(["setting", "overrides on `recipe=alpaca_harmful_mix`", "measured by", *(m.label for m in
+                                                                                        metrics.values())], rows)
+
+
 def plot_tradeoff(results: Path, out: Path) -> None:
     """The trade-off as a PNG: harmful compliance against benign sensitive requests answered, Wilson intervals."""
     import matplotlib
@@ -539,7 +579,7 @@ def table_setup(exp: Experiment) -> str:
 TABLES = {"main": table_main, "paired": table_paired, "goals": table_goals, "arms": table_arms,
           "forms": table_forms, "topics": table_topics, "xstest_types": table_xstest_types,
           "setup": table_setup, "verifier": table_verifier, "request_head": table_request_head, "overhead": table_overhead, "sampling": table_sampling, "gpu": table_gpu, "gpu_matched": table_gpu_matched,
-          "tradeoff": table_tradeoff,
+          "tradeoff": table_tradeoff, "settings": table_settings,
           "first_rows": table_first_rows, "task_refusals": table_task_refusals, "examples": table_examples}
 
 

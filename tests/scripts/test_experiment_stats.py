@@ -160,3 +160,30 @@ def test_a_seed_replicate_has_the_signature_of_its_arm(tmp_path):
     one = experiment("one", ["trainer.seed=1", "trainer.max_steps=100", "trainer.save_every=10"], ["k=4", "objective=aware"])
     other = experiment("other", ["trainer.seed=1", "trainer.max_steps=200"], ["k=4", "objective=aware"])
     assert tables.arm_signature(zero, "a") == tables.arm_signature(one, "a") != tables.arm_signature(other, "a")
+
+
+def test_settings_table_reads_overrides_and_ranges_replicates_and_refuses_mixed_arms(tmp_path, monkeypatch):
+    def experiment(name, seed, steps, compliant):
+        directory = tmp_path / name
+        (directory / "responses" / "a").mkdir(parents=True)
+        (directory / "experiment.json").write_text(json.dumps(
+            {"recipe": "r", "models": {"a": "p"}, "arms": {"a": {"overrides": ["objective=aware", "k=4"]}},
+             "common_overrides": [f"trainer.seed={seed}", f"trainer.max_steps={steps}", "trainer.lr=1e-4",
+                                  "eval.every=0"]}))
+        for suite, scores in (("phrasings", [0.0] * compliant + [1.0] * (4 - compliant)),
+                              ("sensitive", [1.0] * 4), ("xstest", [1.0] * 2)):
+            with gzip.open(directory / "responses" / "a" / f"{suite}.jsonl.gz", "wt") as handle:
+                handle.write(json.dumps({"_header": {"judge": "refusal"}}) + "\n")
+                handle.writelines(json.dumps({"id": i, "score": s, "harmful": False}) + "\n"
+                                  for i, s in enumerate(scores))
+
+    experiment("s0", 0, 100, 1)
+    experiment("s1", 1, 100, 3)
+    experiment("long", 0, 200, 2)
+    monkeypatch.setattr(tables, "SETTINGS", [("one", [("s0", "a")]), ("seeds", [("s0", "a"), ("s1", "a")])])
+    lines = tables.table_settings(tables.Experiment(tmp_path)).splitlines()[2:]
+    assert lines[0].startswith("| one | `trainer.max_steps=100 trainer.lr=1e-4 k=4` | s0 / a | 25.0% (1/4;")
+    assert "| 25.0%–75.0% (2 runs) | 100.0%–100.0% (2 runs) |" in lines[1]
+    monkeypatch.setattr(tables, "SETTINGS", [("mixed", [("s0", "a"), ("long", "a")])])  # 100 vs 200 steps
+    with pytest.raises(ValueError, match="different overrides"):
+        tables.table_settings(tables.Experiment(tmp_path))
