@@ -204,18 +204,14 @@ def verify(
 
     import json
 
-    from aware_cli.config import compose
+    from aware_cli.config.compose import verifier_config
     from aware_cli.config.schema import DataConfig
     from aware_cli.data import Example, load_examples
     from aware_cli.files import write_atomic
     from aware_cli.pipeline.verify import score_examples
     from aware_cli.verifiers import build_verifier
 
-    args = list(overrides or [])
-    recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "alpaca")
-    rest = [a for a in args if not a.startswith("recipe=")]
-    rest = [a if a.lstrip("+").startswith(("verifier.", "verifier=")) else f"verifier.{a}" for a in rest]
-    cfg = compose(recipe, ([f"verifier={verifier}"] if verifier else []) + rest).config.verifier
+    cfg = verifier_config(verifier, list(overrides or []))
     if (file is None) == (prompt is None or response is None):
         raise AwareError("give either --prompt and --response, or --file")
     if file is not None:

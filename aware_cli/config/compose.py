@@ -73,6 +73,16 @@ def model_overrides(args: List[str]) -> List[str]:
     return out
 
 
+def verifier_config(verifier: Optional[str], args: List[str]):
+    """The verifier config of `aware verify` and scripts/check_verifier.py: recipe=NAME picks the recipe whose
+    verifier to start from (default alpaca), `verifier` (harm, guard_lm, …) the verifier group, and every other
+    argument is a verifier override, with or without its `verifier.` prefix."""
+    recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "alpaca")
+    rest = [a for a in args if not a.startswith("recipe=")]
+    rest = [a if a.lstrip("+").startswith(("verifier.", "verifier=")) else f"verifier.{a}" for a in rest]
+    return compose(recipe, ([f"verifier={verifier}"] if verifier else []) + rest).config.verifier
+
+
 def split_options(args: List[str], schema: type, prefix: str = "") -> Tuple[Any, List[str]]:
     """(`schema` built from the KEY=VALUE arguments that name its fields, the other arguments).
 
