@@ -4,8 +4,9 @@ http_judge, a python function, a composite.
 
     python scripts/check_verifier.py --out docs/results/verifier/check-harm            # alpaca's verifier (harm)
     python scripts/check_verifier.py --verifier guard_lm verifier.guard.model=meta-llama/Llama-Guard-3-1B \\
-        verifier.guard.mode=guard --out /tmp/check-llama-guard
-    python scripts/check_verifier.py --verifier http_judge verifier.http.model=gpt-4o-mini --out /tmp/check-judge
+        --out /tmp/check-llama-guard
+    python scripts/check_verifier.py --verifier http_judge verifier.http.url=https://api.example.com/v1/chat/completions \\
+        verifier.http.model=gpt-4o-mini --sample 200 --out /tmp/check-judge   # key from $AWARE_JUDGE_API_KEY
 
 The cases are the embedded model's own non-refusing greedy answers to held-out requests (--answers, default the
 982 of docs/results/verifier/smollm2-layers/answers.jsonl.gz: benign sensitive and harmful requests in several
