@@ -24,12 +24,11 @@ import dataclasses
 import gzip
 import io
 import json
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,15 +58,14 @@ def read_cases(path: Path) -> List[dict]:
 
 
 def stratified_sample(cases: List[dict], n: int, seed: int) -> List[dict]:
-    """n cases (about), each (label, source) group in proportion to its size, in the file's order."""
-    rng = random.Random(seed)
-    groups: Dict[tuple, List[int]] = {}
-    for i, case in enumerate(cases):
-        groups.setdefault((case["label"], case["source"]), []).append(i)
-    keep = set()
-    for members in groups.values():
-        keep.update(rng.sample(members, min(len(members), max(1, round(n * len(members) / len(cases))))))
-    return [case for i, case in enumerate(cases) if i in keep]
+    """n cases, each (label, source) group in proportion and at least once, seeded, in the file's order: the eval
+    suites' own sample (aware_cli.eval.runner.stratified_sample) over the cases."""
+    from aware_cli.data import Example
+    from aware_cli.eval.runner import stratified_sample as sample_examples
+
+    rows = [Example(id=str(i), prompt="", response="", meta={"group": f"{case['label']}/{case['source']}"})
+            for i, case in enumerate(cases)]  # only the group matters to the sample
+    return [cases[int(row.id)] for row in sample_examples(rows, n, "group", seed)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
